@@ -1,0 +1,1 @@
+"""multistep on celery (placeholder until the adapter lands)."""

@@ -1,0 +1,1 @@
+"""multistep on dramatiq (placeholder until the adapter lands)."""

@@ -1,0 +1,1 @@
+"""multistep on rq (placeholder until the adapter lands)."""

@@ -1,0 +1,329 @@
+"""Backends and tasks: the user-facing API.
+
+    from multistep_core import connect, job
+
+    @job
+    def reindex(post_id: int) -> None: ...
+
+    @job
+    def commit_index() -> None: ...
+
+    backend = connect()                       # from config; or connect("sqlite:///tasks.db")
+    with backend.create_task("reindex-blog-42") as task:
+        for post_id in range(1000):
+            task.add_job(reindex, post_id)
+        task.add_finalization_job(commit_index)
+    task.wait(timeout=60)
+
+A :class:`Backend` is a store plus a queue. It owns the :class:`~multistep_core.runner.Runner`
+that workers use, and it builds every operation from the store's atomic transitions.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from .errors import InvalidJob, InvalidTransition, TaskFailed, TaskNotFound, WaitTimeout
+from .model import (
+    CALLBACK,
+    FINALIZER,
+    JOB,
+    Dispatch,
+    Failure,
+    Policy,
+    Progress,
+    Rejected,
+    TaskOptions,
+    TaskState,
+    encode_message,
+    validate_task_id,
+)
+from .queue import Queue, SupportsWorkers
+from .registry import make_spec
+from .runner import Recovery, Runner
+from .store import Store
+
+ADD_CHUNK = 2000  # jobs per store call and per bulk enqueue when adding many
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user database entry (containers)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+class Backend:
+    """A store and a queue, and everything built on their primitives."""
+
+    def __init__(self, store: Store, queue: Queue, *, name: str = "custom", eager: bool = False) -> None:
+        self.store = store
+        self.queue = queue
+        self.name = name
+        self.eager = eager
+        self.runner = Runner(self)
+        self._recovery: Recovery | None = None
+        queue.bind(self.runner)
+        if queue.in_process and not eager:
+            self._recovery = Recovery(self).start()
+
+    def __repr__(self) -> str:
+        return f"<multistep Backend {self.name}>"
+
+    # -- tasks -------------------------------------------------------------------------
+    def create_task(
+        self,
+        task_id: str | None = None,
+        *,
+        policy: Policy | str = Policy.FAIL,
+        max_retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+        max_lost: int = 3,
+        keep_results: bool = False,
+        retention: float = 7 * 24 * 3600.0,
+        queue: str = "default",
+        on_failure: Callable[..., Any] | str | None = None,
+    ) -> Task:
+        """Create an open task. Use it as a context manager: it is sealed when the block
+        ends cleanly and cancelled if the block raises.
+
+        ``policy``: ``"fail"`` (default), ``"continue"`` or ``"fail_fast"``.
+        ``max_retries``/``backoff``: per-job retries, the delay doubling from ``backoff``
+        seconds up to ``backoff_max``. ``keep_results``: keep each job's return value
+        (JSON) for the finalizers. ``retention``: seconds a finished task is kept.
+        ``on_failure``: a registered job run once each time the task becomes failed.
+        """
+        if task_id is None:
+            task_id = f"task-{os.urandom(8).hex()}"
+        validate_task_id(task_id)
+        try:
+            pol = Policy(policy)
+        except ValueError:
+            raise InvalidJob(f"policy must be one of fail, continue, fail_fast; not {policy!r}") from None
+        try:
+            options = TaskOptions(
+                policy=pol,
+                max_retries=max_retries,
+                backoff=0.0 if self.eager else backoff,
+                backoff_max=backoff_max,
+                max_lost=max_lost,
+                keep_results=keep_results,
+                retention=retention,
+                queue=queue,
+            )
+        except ValueError as exc:
+            raise InvalidJob(str(exc)) from None
+        cb_spec = make_spec(on_failure, (), {}).to_json() if on_failure is not None else None
+        self.store.create_task(task_id, options, time.time())
+        task = Task(self, task_id, options.queue)
+        if cb_spec is not None:
+            self.store.add_jobs(task_id, CALLBACK, [cb_spec], time.time())
+        return task
+
+    def get_task(self, task_id: str) -> Task:
+        """A handle on an existing task. Raises :class:`TaskNotFound`."""
+        progress = self.store.progress(task_id)
+        if progress is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return Task(self, task_id, progress.options.queue)
+
+    def get_task_handle(self, task_id: str, queue: str | None = None) -> Task:
+        """A handle without a store read (the runner's, for ``current_task()``)."""
+        return Task(self, task_id, queue)
+
+    def list_tasks(self, state: TaskState | str | None = None, limit: int = 1000) -> list[Progress]:
+        return self.store.list_tasks(TaskState(state) if state is not None else None, limit)
+
+    def rejected(self, limit: int = 100) -> list[Rejected]:
+        """Messages workers refused (forged, malformed, or for tasks that no longer exist)."""
+        return self.store.rejected(limit)
+
+    # -- plumbing --------------------------------------------------------------------
+    def dispatch(self, d: Dispatch) -> None:
+        """Enqueue the messages a transition asked for."""
+        if not d.refs:
+            return
+        msgs = [encode_message(d.task_id, r) for r in d.refs]
+        for i in range(0, len(msgs), ADD_CHUNK):
+            self.queue.enqueue(d.queue, msgs[i : i + ADD_CHUNK])
+
+    def recover(self, now: float | None = None) -> int:
+        """One recovery pass: resend what is due. Returns how many messages were sent."""
+        sent = 0
+        for d in self.store.claim_due(time.time() if now is None else now):
+            self.dispatch(d)
+            sent += len(d.refs)
+        return sent
+
+    def run_worker(self, modules: Sequence[str] = (), queues: Sequence[str] = ("default",), concurrency: int = 2) -> int:
+        """Serve jobs until stopped, with a recovery thread beside the queue's worker."""
+        if not isinstance(self.queue, SupportsWorkers):
+            raise InvalidTransition(
+                f"the {self.name} backend runs its jobs inside the process that creates them; "
+                "it has no separate worker"
+            )
+        recovery = Recovery(self).start()
+        try:
+            return self.queue.run_worker(modules, queues, concurrency)
+        finally:
+            recovery.stop()
+
+    def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.stop()
+        self.queue.close()
+        self.runner.close()
+        self.store.close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Task:
+    """A handle on one task. Cheap; holds no state of its own but the id."""
+
+    def __init__(self, backend: Backend, task_id: str, queue: str | None = None) -> None:
+        self.backend = backend
+        self.id = task_id
+        self._queue = queue
+
+    def __repr__(self) -> str:
+        return f"<multistep Task {self.id!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and other.id == self.id and other.backend is self.backend
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def queue(self) -> str:
+        if self._queue is None:
+            self._queue = self.progress().options.queue
+        return self._queue
+
+    # -- building --------------------------------------------------------------------
+    def add_job(self, fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
+        """Add one job; it may start at once. Returns its ref (``"j0"``, ``"j1"``, ...)."""
+        return self._add(JOB, [make_spec(fn, args, kwargs, _retries_of(fn)).to_json()])[0]
+
+    def add_jobs(self, fn: Callable[..., Any] | str, arg_lists: Iterable[Sequence[Any] | Any]) -> list[str]:
+        """Add one job per item, in chunks (one store call and one bulk enqueue per chunk).
+        An item that is a list or tuple is spread as positional arguments; anything else
+        is passed as the single argument."""
+        refs: list[str] = []
+        chunk: list[str] = []
+        retries = _retries_of(fn)
+        for item in arg_lists:
+            args = tuple(item) if isinstance(item, (list, tuple)) else (item,)
+            chunk.append(make_spec(fn, args, {}, retries).to_json())
+            if len(chunk) >= ADD_CHUNK:
+                refs += self._add(JOB, chunk)
+                chunk = []
+        if chunk:
+            refs += self._add(JOB, chunk)
+        return refs
+
+    def add_finalization_job(self, fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
+        """Add a finalizer. Finalizers run one at a time, in the order added, after every job
+        has ended (and, under the default policy, succeeded)."""
+        return self._add(FINALIZER, [make_spec(fn, args, kwargs, _retries_of(fn)).to_json()])[0]
+
+    def set_failure_callback(self, fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> None:
+        """Run ``fn(*args, **kwargs)`` once each time the task becomes failed."""
+        self.backend.store.add_jobs(self.id, CALLBACK, [make_spec(fn, args, kwargs).to_json()], time.time())
+
+    def _add(self, kind: str, specs: list[str]) -> list[str]:
+        refs = self.backend.store.add_jobs(self.id, kind, specs, time.time())
+        if kind == JOB:
+            self.backend.dispatch(Dispatch(self.id, self.queue, tuple(refs)))
+        return refs
+
+    def seal(self) -> None:
+        """No more jobs from outside: finalization may start once every job has ended.
+        (Jobs of the task may still add jobs while it is running.)"""
+        self.backend.dispatch(self.backend.store.seal(self.id, time.time()))
+
+    def __enter__(self) -> Task:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.seal()
+        else:
+            self.cancel(by=f"{_who()} (the block creating the task raised {exc_type.__name__}: {exc})")
+
+    # -- reading ---------------------------------------------------------------------
+    def progress(self) -> Progress:
+        p = self.backend.store.progress(self.id)
+        if p is None:
+            raise TaskNotFound(f"no task with id {self.id!r}")
+        return p
+
+    @property
+    def state(self) -> TaskState:
+        return self.progress().state
+
+    def failures(self) -> list[Failure]:
+        """Jobs and finalizers that failed for good, with type, message and traceback."""
+        return self.backend.store.failures(self.id)
+
+    def results(self) -> dict[str, Any]:
+        """``{ref: return value}`` of succeeded jobs, when the task keeps results."""
+        return self.backend.store.results(self.id)
+
+    def wait(self, timeout: float | None = None, *, poll: float = 0.02, raise_on_failure: bool = False) -> Progress:
+        """Block until the task is succeeded, failed or cancelled; return its progress.
+        Raises :class:`WaitTimeout` after ``timeout`` seconds, and :class:`TaskFailed` at a
+        failed or cancelled end when ``raise_on_failure`` is set."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(poll, 0.005)
+        while True:
+            p = self.progress()
+            if p.state.terminal:
+                if raise_on_failure and p.state != TaskState.SUCCEEDED:
+                    first = self.failures()[:1]
+                    why = f": {first[0].ref} {first[0].type}: {first[0].message}" if first else ""
+                    raise TaskFailed(f"task {self.id!r} ended {p.state.value}{why}")
+                return p
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"task {self.id!r} still {p.state.value} after {timeout}s "
+                    f"({p.done}/{p.total} jobs ended, {p.finalizers_done}/{p.finalizers_total} finalizers)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, poll)
+
+    # -- controlling -----------------------------------------------------------------
+    def retry(self) -> None:
+        """Resume a failed task: resend its failed jobs (or its failed finalizer)."""
+        self.backend.dispatch(self.backend.store.retry(self.id, time.time()))
+
+    def cancel(self, by: str | None = None) -> bool:
+        """Stop the task. Jobs not yet started are skipped; no finalizer starts. Returns
+        False if the task had already succeeded or been cancelled."""
+        return self.backend.store.cancel(self.id, by or _who(), time.time())
+
+    def delete(self) -> bool:
+        return self.backend.store.delete(self.id)
+
+
+def _retries_of(fn: Any) -> int | None:
+    from .registry import lookup, name_of
+
+    f = lookup(name_of(fn))
+    r = getattr(f, "__multistep_retries__", None)
+    return r if isinstance(r, int) else None

@@ -1,0 +1,325 @@
+"""The data of a multi-step task: states, job references, options, snapshots, messages.
+
+Everything here is plain data that crosses process boundaries as JSON. A *ref* names
+one job inside its task: ``j7`` is the eighth job, ``f0`` the first finalizer, ``x0``
+the failure callback. Counting, retries and failure records are keyed by ref, never
+by delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from .errors import InvalidTaskId
+
+
+class TaskState(str, Enum):
+    OPEN = "open"
+    RUNNING = "running"
+    FINALIZING = "finalizing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class JobState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRY_WAIT = "retry_wait"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Policy(str, Enum):
+    FAIL = "fail"
+    CONTINUE = "continue"
+    FAIL_FAST = "fail_fast"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+JOB = "j"
+FINALIZER = "f"
+CALLBACK = "x"
+_REF_RE = re.compile(r"^([jfx])(0|[1-9][0-9]{0,9})$")
+_TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
+MAX_TASK_ID = 128
+
+
+def validate_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it is a valid id, else raise :class:`InvalidTaskId` saying why."""
+    if not isinstance(task_id, str):
+        raise InvalidTaskId(f"task id must be a string, not {type(task_id).__name__}")
+    if not task_id:
+        raise InvalidTaskId("task id must not be empty")
+    if len(task_id) > MAX_TASK_ID:
+        raise InvalidTaskId(f"task id is {len(task_id)} characters long; the limit is {MAX_TASK_ID}")
+    if not _TASK_ID_RE.match(task_id):
+        bad = sorted({c for c in task_id if not re.match(r"[A-Za-z0-9._@:-]", c)})
+        if bad:
+            shown = ", ".join(repr(c) for c in bad)
+            raise InvalidTaskId(
+                f"task id {task_id!r} has characters that are not allowed: {shown} "
+                "(use letters, digits and . _ @ : -)"
+            )
+        raise InvalidTaskId(f"task id {task_id!r} must start with a letter or digit")
+    return task_id
+
+
+def parse_ref(ref: object) -> tuple[str, int]:
+    """Split ``"j7"`` into ``("j", 7)``; raise ``ValueError`` for anything else."""
+    if not isinstance(ref, str):
+        raise ValueError(f"job ref must be a string, not {type(ref).__name__}")
+    m = _REF_RE.match(ref)
+    if not m:
+        raise ValueError(f"{ref!r} is not a job ref (expected j<N>, f<N> or x0)")
+    return m.group(1), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to call: a registered function's name and JSON arguments."""
+
+    fn: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int | None = None  # per-job override of the task's max_retries
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = {"fn": self.fn, "args": self.args}
+        if self.kwargs:
+            d["kwargs"] = self.kwargs
+        if self.retries is not None:
+            d["retries"] = self.retries
+        return json.dumps(d, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        """Decode a stored spec; raise ``ValueError`` naming what is wrong."""
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"job spec is not valid JSON: {exc}") from None
+        if not isinstance(d, dict) or not isinstance(d.get("fn"), str):
+            raise ValueError("job spec must be an object with a string 'fn'")
+        args = d.get("args", [])
+        kwargs = d.get("kwargs", {})
+        if not isinstance(args, list):
+            raise ValueError("job spec 'args' must be a list")
+        if not isinstance(kwargs, dict):
+            raise ValueError("job spec 'kwargs' must be an object")
+        retries = d.get("retries")
+        if retries is not None and (not isinstance(retries, int) or retries < 0):
+            raise ValueError("job spec 'retries' must be a non-negative integer")
+        return cls(fn=d["fn"], args=args, kwargs=kwargs, retries=retries)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Per-task options, fixed at creation."""
+
+    policy: Policy = Policy.FAIL
+    max_retries: int = 0
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    backoff_max: float = 300.0
+    max_lost: int = 3  # how often a job may lose its worker (lease expiry) before it fails
+    keep_results: bool = False
+    retention: float = 7 * 24 * 3600.0  # seconds a finished task is kept
+    queue: str = "default"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", Policy(self.policy))
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, not {self.max_retries!r}")
+        if self.backoff < 0 or self.backoff_max < 0:
+            raise ValueError("backoff and backoff_max must not be negative")
+        if not isinstance(self.max_lost, int) or self.max_lost < 0:
+            raise ValueError(f"max_lost must be a non-negative integer, not {self.max_lost!r}")
+        if self.retention < 0:
+            raise ValueError("retention must not be negative")
+        if not isinstance(self.queue, str) or not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.queue):
+            raise ValueError(f"queue name {self.queue!r} must be 1-64 letters, digits, . _ -")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["policy"] = self.policy.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskOptions:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def backoff_for(self, failures: int) -> float:
+        """Delay before the retry that follows the ``failures``-th failure."""
+        if self.backoff <= 0:
+            return 0.0
+        return float(min(self.backoff * (2 ** max(failures - 1, 0)), self.backoff_max))
+
+
+@dataclass
+class Failure:
+    """A job's failure as recorded: exception type, message and traceback."""
+
+    ref: str
+    fn: str
+    type: str
+    message: str
+    traceback: str = ""
+    attempt: int = 0
+    at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Failure:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A consistent snapshot of one task, read in one store call."""
+
+    task_id: str
+    state: TaskState
+    total: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    finalizers_total: int
+    finalizers_done: int
+    created_at: float
+    sealed_at: float | None = None
+    finished_at: float | None = None
+    cancelled_by: str | None = None
+    cancelled_at: float | None = None
+    options: TaskOptions = field(default_factory=TaskOptions)
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def fraction(self) -> float:
+        """Share of the whole task done, jobs and finalizers together, in [0, 1]."""
+        units = self.total + self.finalizers_total
+        if units == 0:
+            return 1.0 if self.state.terminal else 0.0
+        return min(1.0, (self.done + self.finalizers_done) / units)
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return self.finished_at - self.created_at
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["state"] = self.state.value
+        d["options"] = self.options.to_dict()
+        d["percent"] = round(100 * self.fraction, 2)
+        return d
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Messages a transition asks the caller to enqueue (``delay`` seconds from now)."""
+
+    task_id: str = ""
+    queue: str = "default"
+    refs: tuple[str, ...] = ()
+    delay: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.refs)
+
+
+NOTHING = Dispatch()
+
+
+@dataclass(frozen=True)
+class Start:
+    """The store's answer to "may I run this delivery?"."""
+
+    run: bool
+    reason: str = ""  # why not, when run is False
+    spec: str = ""  # the job's spec as stored (JSON text)
+    attempt: int = 0
+    keep_results: bool = False
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A message refused by a worker, kept so that nothing is lost silently."""
+
+    raw: str
+    reason: str
+    at: float
+
+
+# --- messages -------------------------------------------------------------------------
+
+MESSAGE_VERSION = 1
+MAX_MESSAGE_BYTES = 4096
+
+
+def encode_message(task_id: str, ref: str) -> str:
+    """The one message format every queue carries: which job of which task to run.
+
+    It never names a function: the function and its arguments live in the store, so a
+    message cannot make a worker call anything the task did not register.
+    """
+    return json.dumps({"v": MESSAGE_VERSION, "task": task_id, "ref": ref}, separators=(",", ":"))
+
+
+def decode_message(raw: object) -> tuple[str, str]:
+    """Return ``(task_id, ref)`` or raise ``ValueError`` naming what is wrong."""
+    if isinstance(raw, (bytes, bytearray)):
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"message is {len(raw)} bytes; multistep messages are small")
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("message is not UTF-8 text") from None
+    if isinstance(raw, str):
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"message is {len(raw)} characters; multistep messages are small")
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"message is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"message must be a JSON object, not {type(raw).__name__}")
+    extra = sorted(set(raw) - {"v", "task", "ref"})
+    if extra:
+        raise ValueError(
+            f"message has unexpected field(s) {', '.join(map(repr, extra))}: multistep messages "
+            "name a task and a job ref only, never a function or arguments"
+        )
+    if raw.get("v") != MESSAGE_VERSION:
+        raise ValueError(f"message version {raw.get('v')!r} is not supported (expected {MESSAGE_VERSION})")
+    task_id = validate_task_id(raw.get("task"))
+    ref = raw.get("ref")
+    parse_ref(ref)
+    assert isinstance(ref, str)
+    return task_id, ref
