@@ -1,0 +1,34 @@
+"""Job functions for tests/test_cli.py (registered at import)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from multistep_core import job
+
+gate = threading.Event()  # set: gated jobs succeed; clear: they fail
+gate.set()
+
+
+@job
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@job
+def nap(ms: int) -> int:
+    time.sleep(ms / 1000.0)
+    return ms
+
+
+@job
+def gated(x: int) -> int:
+    if not gate.is_set():
+        raise ValueError(f"gate closed for {x}")
+    return x
+
+
+@job
+def finish() -> None:
+    pass
