@@ -102,10 +102,10 @@ class Runner:
         ``"skipped:<reason>"``, ``"rejected"``); never raises for a bad message, so the
         queue can always acknowledge it."""
         store = self.backend.store
+        text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
         try:
             task_id, ref = decode_message(raw)
         except ValueError as exc:
-            text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
             log.warning("refused message %.200r: %s", text, exc)
             store.reject(text, f"refused: {exc}", time.time())
             return "rejected"
@@ -114,7 +114,7 @@ class Runner:
             if start.reason in ("task-missing", "job-missing"):
                 what = "no task" if start.reason == "task-missing" else f"task has no job {ref}"
                 store.reject(
-                    json.dumps({"v": 1, "task": task_id, "ref": ref}),
+                    text,
                     f"{what}: {task_id!r} (deleted, expired, or never created)",
                     time.time(),
                 )

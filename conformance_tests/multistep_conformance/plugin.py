@@ -1,1 +1,25 @@
-"""pytest plugin (filled in below)."""
+"""pytest plugin (entry point ``pytest11``): the suite's command-line option.
+
+    python -m pytest --pyargs multistep_conformance --multistep-backend=rq+redis://127.0.0.1:6379/15
+
+``--multistep-backend`` defaults to ``$MULTISTEP_BACKEND``, else ``memory``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("multistep", "multistep conformance suite")
+    group.addoption(
+        "--multistep-backend",
+        default=os.environ.get("MULTISTEP_BACKEND", "memory"),
+        help="backend string to run the conformance suite against (default: $MULTISTEP_BACKEND or memory)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "conformance: a test from the multistep conformance suite")

@@ -1,0 +1,161 @@
+"""Everything the suite needs around a backend: connecting, worker processes, journals.
+
+Tests inspect outcomes through the journal (what ran, in which order, how often) and
+through the store (what was recorded), never only through the API under test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from multistep_core import Backend, Task, connect
+from multistep_core.queue import SupportsPurge, SupportsRawPublish
+
+from . import jobs
+
+DEFAULT_LEASE = 2.0
+DEFAULT_TIMEOUT = 60.0
+
+
+def with_option(url: str, key: str, value: object) -> str:
+    if "://" not in url and ":" in url:  # package.module:factory takes keyword options only
+        return url
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}{key}={value}"
+
+
+def eventually(check: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+class Journal:
+    """A file jobs append lines to."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.path = str(self.dir / f"journal-{uuid.uuid4().hex[:8]}.log")
+        Path(self.path).touch()
+
+    def lines(self) -> list[str]:
+        with open(self.path) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+
+    def count(self, label: str) -> int:
+        return sum(1 for line in self.lines() if line == label)
+
+    def starting(self, prefix: str) -> list[str]:
+        return [line for line in self.lines() if line.startswith(prefix)]
+
+    def flag(self, name: str) -> str:
+        return str(self.dir / f"{name}-{uuid.uuid4().hex[:6]}.flag")
+
+
+class Harness:
+    """A connected client backend plus, for backends whose jobs run in other processes,
+    the worker processes serving the suite's private queue."""
+
+    def __init__(self, backend_string: str, *, workers: int = 2, concurrency: int = 2, lease: float = DEFAULT_LEASE) -> None:
+        self.backend_string = backend_string
+        self.lease = lease
+        self.concurrency = concurrency
+        self.queue = f"msconf-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker_url = with_option(backend_string, "lease", lease)
+        self.backend: Backend = connect(backend_string, lease=lease)
+        self.external = not self.backend.queue.in_process
+        self.logdir = Path(tempfile.mkdtemp(prefix="msconf-workers-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        if self.external:
+            if isinstance(self.backend.queue, SupportsPurge):
+                self.backend.queue.purge(self.queue)
+            for _ in range(workers):
+                self.start_worker()
+            self.wait_ready()
+
+    # -- workers ---------------------------------------------------------------------
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - lives with the process
+        cmd = [
+            sys.executable, "-m", "multistep_core", "--backend", self.worker_url, "worker", jobs.__name__,
+            "-q", self.queue, "-c", str(self.concurrency),
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def worker_logs(self) -> str:
+        out = []
+        for p in sorted(self.logdir.glob("worker-*.log")):
+            out.append(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}")
+        return "\n".join(out)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        task = self.task()
+        task.add_job(jobs.ping)
+        task.seal()
+        try:
+            task.wait(timeout=timeout)
+        except Exception as exc:
+            dead = [p.args for p in self.procs if p.poll() is not None]
+            raise AssertionError(f"workers did not become ready ({exc}); exited: {dead}\n{self.worker_logs()}") from exc
+
+    def kill_worker_of(self, pid: int) -> None:
+        """SIGKILL the whole worker (process group) that runs process ``pid``."""
+        pgid = os.getpgid(pid)
+        os.killpg(pgid, signal.SIGKILL)
+        for p in self.procs:
+            if p.pid == pgid:
+                p.wait(timeout=10)
+        self.procs = [p for p in self.procs if p.pid != pgid]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 15
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(timeout=10)
+        self.procs = []
+        self.backend.close()
+
+    # -- tasks -----------------------------------------------------------------------
+    def task(self, task_id: str | None = None, **options: Any) -> Task:
+        options.setdefault("queue", self.queue)
+        return self.backend.create_task(f"conf-{uuid.uuid4().hex[:12]}" if task_id is None else task_id, **options)
+
+    def publish_raw(self, body: str) -> None:
+        """Put a body on the suite's queue by hand, bypassing the task API."""
+        q = self.backend.queue
+        if isinstance(q, SupportsRawPublish):
+            q.publish_raw(self.queue, body)
+        else:
+            q.enqueue(self.queue, [body])
