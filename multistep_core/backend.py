@@ -176,9 +176,15 @@ class Backend:
         finally:
             recovery.stop()
 
-    def close(self) -> None:
+    def stop_recovery(self) -> None:
+        """Stop this process's recovery thread (in-process backends start one). A process that
+        only inspects tasks calls this so it never picks up another process's due jobs."""
         if self._recovery is not None:
             self._recovery.stop()
+            self._recovery = None
+
+    def close(self) -> None:
+        self.stop_recovery()
         self.queue.close()
         self.runner.close()
         self.store.close()

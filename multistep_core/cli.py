@@ -129,7 +129,8 @@ class State:
             self._backend = b
             ctx.call_on_close(self.close)
             if read_only:
-                _stop_recovery(b)
+                # Reading or flipping state must not pick up another process's due jobs.
+                b.stop_recovery()
         return self._backend
 
     def close(self) -> None:
@@ -138,17 +139,6 @@ class State:
                 self._backend.close()
             finally:
                 self._backend = None
-
-
-def _stop_recovery(backend: Backend) -> None:
-    """An in-process backend (memory, sqlite) starts a recovery thread that would run due
-    retries and expired leases *in this process*. A command that only reads or flips state
-    must not pick up another process's jobs, so it stops that thread. (Works around the
-    lack of a ``connect(..., recovery=False)`` option.)"""
-    recovery = getattr(backend, "_recovery", None)
-    if recovery is not None:
-        recovery.stop()
-        backend._recovery = None
 
 
 def _is_memory(backend: Backend) -> bool:

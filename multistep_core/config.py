@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from .errors import BackendDriverMissing, BackendNotFound, ConfigurationError
@@ -186,7 +186,7 @@ def load_factory(url: str) -> Factory:
         except ImportError as exc:
             raise BackendDriverMissing(f"the third-party backend {name!r} failed to import: {exc}") from exc
         from_url = getattr(obj, "from_url", None)
-        return from_url if callable(from_url) else obj
+        return cast(Factory, from_url if callable(from_url) else obj)
     if ":" in url and "://" not in url:
         return _import(url, None, url)
     close = difflib.get_close_matches(name, known_names(), n=3, cutoff=0.5)

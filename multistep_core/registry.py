@@ -29,6 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _lock = threading.Lock()
 _registry: dict[str, Callable[..., Any]] = {}
 _ATTR = "__multistep_name__"
+_RETRIES_ATTR = "__multistep_retries__"
 
 
 def _default_name(fn: Callable[..., Any]) -> str:
@@ -80,7 +81,7 @@ def job(fn: Any = None, *, name: str | None = None, retries: int | None = None) 
             _registry[key] = f
         setattr(f, _ATTR, key)
         if retries is not None:
-            setattr(f, "__multistep_retries__", retries)
+            setattr(f, _RETRIES_ATTR, retries)
         return f
 
     if fn is None:

@@ -137,7 +137,7 @@ class Store(ABC):
         """Every ref of the task and its job state (for inspection and tests)."""
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
 

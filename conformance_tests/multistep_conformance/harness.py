@@ -92,7 +92,7 @@ class Harness:
 
     # -- workers ---------------------------------------------------------------------
     def start_worker(self) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 - lives with the process
+        log = open(self.logdir / f"worker-{len(self.procs)}.log", "wb")
         cmd = [
             sys.executable, "-m", "multistep_core", "--backend", self.worker_url, "worker", jobs.__name__,
             "-q", self.queue, "-c", str(self.concurrency),

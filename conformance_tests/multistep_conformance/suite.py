@@ -348,13 +348,13 @@ class BackendTests:
     # -- bad input -------------------------------------------------------------------
     def test_bad_arguments_are_refused_before_anything_is_enqueued(self, harness: Harness, journal: Journal) -> None:
         task = harness.task()
-        with pytest.raises(InvalidJob, match="argument 1 .*set"):
+        with pytest.raises(InvalidJob, match=r"argument 1 .*set"):
             task.add_job(jobs.record, journal.path, {1, 2})
         with pytest.raises(InvalidJob, match=r"argument 'seconds'.*datetime|argument 'seconds'.*not JSON"):
             task.add_job(jobs.record, journal.path, "x", seconds=datetime.datetime.now())
         with pytest.raises(InvalidJob, match="lambda"):
             task.add_job(lambda: None)
-        with pytest.raises(InvalidJob, match="closure|nested"):
+        with pytest.raises(InvalidJob, match=r"closure|nested"):
             task.add_job(_closure_job())
         with pytest.raises(InvalidJob, match="not a registered job"):
             task.add_job(unregistered, journal.path)

@@ -17,13 +17,13 @@ DEFAULT_THREADS = 4
 
 def memory_backend(url: str = "memory", *, threads: int = DEFAULT_THREADS, lease: float = DEFAULT_LEASE, **opts: Any) -> Backend:
     """``memory``: state in memory, jobs on ``threads`` threads of this process."""
-    reject_unknown(opts, set(), "memory")
+    reject_unknown(opts, {"threads", "lease"}, "memory")
     return Backend(MemoryStore(lease=lease), ThreadQueue(threads), name="memory")
 
 
 def eager_backend(url: str = "eager", *, lease: float = DEFAULT_LEASE, **opts: Any) -> Backend:
     """``eager``: state in memory, every job run inline when added. For unit tests."""
-    reject_unknown(opts, set(), "eager")
+    reject_unknown(opts, {"lease"}, "eager")
     return Backend(MemoryStore(lease=lease), EagerQueue(), name="eager", eager=True)
 
 
@@ -40,5 +40,5 @@ def sqlite_path(url: str) -> str:
 
 def sqlite_backend(url: str = "sqlite", *, threads: int = DEFAULT_THREADS, lease: float = DEFAULT_LEASE, **opts: Any) -> Backend:
     """``sqlite:///path.db``: durable state in a SQLite file, jobs on threads of this process."""
-    reject_unknown(opts, set(), "sqlite")
+    reject_unknown(opts, {"threads", "lease"}, "sqlite")
     return Backend(SQLiteStore(sqlite_path(url), lease=lease), ThreadQueue(threads), name="sqlite")
