@@ -334,10 +334,16 @@ class DramatiqQueue(Queue):
                     raise
 
     def publish_raw(self, queue: str, body: str) -> None:
-        """Put ``body`` on the real queue as the argument of the multistep actor (what a bug or an
-        operator re-sending a message by hand would do); it goes through Dramatiq's own enqueue."""
+        """Put ``body`` on the real queue as the argument of the multistep actor, one message,
+        as a bug or an operator re-sending a message by hand would (on Redis through the
+        broker's own enqueue script)."""
         try:
-            self.broker.enqueue(self.message(queue, body))
+            if self.kind == "redis":
+                rid = str(uuid.uuid4())
+                m = self.message(queue, body).copy(options={"redis_message_id": rid})
+                self.broker.do_enqueue(m.queue_name, rid, self.encoder.encode(m.asdict()))
+            else:
+                self._amqp_enqueue(queue, [body])
         except self._conn_errors as exc:
             raise self._conn_error(exc) from None
 
