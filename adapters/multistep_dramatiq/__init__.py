@@ -223,7 +223,7 @@ class DramatiqQueue(Queue):
             if self.kind == "redis":
                 from dramatiq.brokers.redis import DEFAULT_MAINTENANCE_CHANCE, RedisBroker
 
-                return RedisBroker(
+                return RedisBroker(  # type: ignore[no-untyped-call]
                     url=self.url,
                     namespace=self.namespace,
                     middleware=self.middleware(),
@@ -289,7 +289,7 @@ class DramatiqQueue(Queue):
         encode = self.encoder.encode
         Message = self.dramatiq.Message
         for i in range(0, len(bodies), REDIS_CHUNK):
-            mapping: dict[str, str] = {}
+            mapping: dict[str, bytes] = {}
             for body in bodies[i : i + REDIS_CHUNK]:
                 rid = str(uuid.uuid4())
                 m = Message(

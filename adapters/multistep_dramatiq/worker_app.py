@@ -55,13 +55,12 @@ def run(body: Any, *_rest: Any, **_kw: Any) -> None:
 
 _time_limit = queue.time_limit  # type: ignore[attr-defined]
 actor = dramatiq.actor(
-    run,
     actor_name=ACTOR_NAME,
     queue_name=_spec["queues"][0] if _spec.get("queues") else queue.dq("default"),  # type: ignore[attr-defined]
     broker=broker,
     max_retries=0,  # retries are the core's
     time_limit=float("inf") if _time_limit is None else int(_time_limit * 1000),
-)
+)(run)
 for _q in _spec.get("queues", []):
     broker.declare_queue(_q)
 
@@ -80,7 +79,7 @@ def _debounce_sigterm() -> None:
         if last[0] and now - last[0] < 2.0:
             return
         last[0] = now
-        prev(signum, frame)  # type: ignore[operator]
+        prev(signum, frame)
 
     signal.signal(signal.SIGTERM, handler)
 
