@@ -1,0 +1,21 @@
+"""The shared conformance suite on RQ, with real `multistep worker` processes running RQ workers
+(two workers of two RQ worker processes each). Redis DB 15 is RQ's in the project's test run."""
+
+from __future__ import annotations
+
+import pytest
+from multistep_conformance import BackendTests, StoreTests
+
+pytest.importorskip("rq")
+
+RQ = "rq+redis://127.0.0.1:6379/15"
+
+
+@pytest.mark.usefixtures("redis_service")
+class TestRQStore(StoreTests):
+    backend_string = RQ
+
+
+@pytest.mark.usefixtures("redis_service")
+class TestRQ(BackendTests):
+    backend_string = RQ
