@@ -450,6 +450,10 @@ class RowStore(Store):
                 return NOTHING  # gone, or a duplicate: counted once already
             if error is not None and (row.state != JobState.RUNNING or row.attempt != attempt):
                 return NOTHING  # a stale attempt's failure; the current attempt decides
+            if kind == FINALIZER and (task.state != TaskState.FINALIZING or index != task.fin_done):
+                return NOTHING  # a finalizer's outcome counts only in its turn
+            if kind == CALLBACK and task.state != TaskState.FAILED:
+                return NOTHING
             if kind == JOB and row.state == JobState.RUNNING:
                 task.running -= 1
             d = self._record(tx, task, row, kind, index, now, result, error)

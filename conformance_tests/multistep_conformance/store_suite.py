@@ -316,7 +316,10 @@ class StoreMachine(RuleBasedStateMachine):
         got = self.store.finish(tid, ref, attempt, time.time(), error=None if success else err(ref, attempt))
         expected: list[str] = []
         kind, idx = ref[0], int(ref[1:])
-        if j["state"] in DONE or (not success and (j["state"] != "running" or stale)):
+        out_of_turn = (kind == "f" and (t.state != "finalizing" or idx != t.fin_done)) or (
+            kind == "x" and t.state != "failed"
+        )
+        if j["state"] in DONE or (not success and (j["state"] != "running" or stale)) or out_of_turn:
             assert not got.refs
             return
         if success:
