@@ -1,0 +1,1 @@
+"""Fan-in benchmarks (``python benchmarks/fanin.py --help``)."""
