@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -281,6 +282,8 @@ class Rejected:
 
 MESSAGE_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
+MAX_REFS_PER_MESSAGE = 64
+_PLAIN_REF = re.compile(r"[jfx][0-9]+\Z")
 
 
 def encode_message(task_id: str, ref: str) -> str:
@@ -288,12 +291,43 @@ def encode_message(task_id: str, ref: str) -> str:
 
     It never names a function: the function and its arguments live in the store, so a
     message cannot make a worker call anything the task did not register.
+    (Byte for byte what ``json.dumps({"v":1,"task":...,"ref":...}, separators=(",", ":"))``
+    gives; built by hand because large tasks encode one per job.)
     """
-    return json.dumps({"v": MESSAGE_VERSION, "task": task_id, "ref": ref}, separators=(",", ":"))
+    return f'{{"v":{MESSAGE_VERSION},"task":{json.dumps(task_id)},"ref":{json.dumps(ref)}}}'
+
+
+def encode_messages(task_id: str, refs: Sequence[str], per_message: int = 1) -> list[str]:
+    """Messages for ``refs``: one per ref, or with ``per_message`` > 1 up to that many refs
+    per message (``{"v":1,"task":"T","refs":["j0","j1",...]}``), which a worker runs one
+    after another."""
+    if per_message <= 1:
+        head = f'{{"v":{MESSAGE_VERSION},"task":{json.dumps(task_id)},"ref":"'
+        return [f'{head}{r}"}}' if _PLAIN_REF.match(r) else encode_message(task_id, r) for r in refs]
+    k = min(int(per_message), MAX_REFS_PER_MESSAGE)
+    head = f'{{"v":{MESSAGE_VERSION},"task":{json.dumps(task_id)},"refs":'
+    out = []
+    for i in range(0, len(refs), k):
+        part = refs[i : i + k]
+        if len(part) == 1:
+            out.append(encode_message(task_id, part[0]))
+        else:
+            out.append(head + json.dumps(list(part), separators=(",", ":")) + "}")
+    return out
 
 
 def decode_message(raw: object) -> tuple[str, str]:
-    """Return ``(task_id, ref)`` or raise ``ValueError`` naming what is wrong."""
+    """Return ``(task_id, ref)`` of a one-job message or raise ``ValueError`` naming what is
+    wrong (a message carrying several refs is refused here: see :func:`decode_refs`)."""
+    task_id, refs = decode_refs(raw)
+    if len(refs) != 1:
+        raise ValueError(f"message carries {len(refs)} job refs, expected one")
+    return task_id, refs[0]
+
+
+def decode_refs(raw: object) -> tuple[str, tuple[str, ...]]:
+    """Return ``(task_id, refs)`` of a message carrying one ref (``"ref"``) or several
+    (``"refs"``: 1 to MAX_REFS_PER_MESSAGE distinct refs), or raise ``ValueError``."""
     if isinstance(raw, (bytes, bytearray)):
         if len(raw) > MAX_MESSAGE_BYTES:
             raise ValueError(f"message is {len(raw)} bytes; multistep messages are small")
@@ -310,16 +344,27 @@ def decode_message(raw: object) -> tuple[str, str]:
             raise ValueError(f"message is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"message must be a JSON object, not {type(raw).__name__}")
-    extra = sorted(set(raw) - {"v", "task", "ref"})
+    extra = sorted(set(raw) - {"v", "task", "ref", "refs"})
     if extra:
         raise ValueError(
             f"message has unexpected field(s) {', '.join(map(repr, extra))}: multistep messages "
-            "name a task and a job ref only, never a function or arguments"
+            "name a task and job refs only, never a function or arguments"
         )
     if raw.get("v") != MESSAGE_VERSION:
         raise ValueError(f"message version {raw.get('v')!r} is not supported (expected {MESSAGE_VERSION})")
     task_id = validate_task_id(raw.get("task"))
-    ref = raw.get("ref")
-    parse_ref(ref)
-    assert isinstance(ref, str)
-    return task_id, ref
+    if ("ref" in raw) == ("refs" in raw):
+        raise ValueError("message must have exactly one of 'ref' and 'refs'")
+    if "ref" in raw:
+        ref = raw["ref"]
+        parse_ref(ref)
+        assert isinstance(ref, str)
+        return task_id, (ref,)
+    refs = raw["refs"]
+    if not isinstance(refs, list) or not 1 <= len(refs) <= MAX_REFS_PER_MESSAGE:
+        raise ValueError(f"'refs' must be a list of 1 to {MAX_REFS_PER_MESSAGE} job refs")
+    for r in refs:
+        parse_ref(r)
+    if len(set(refs)) != len(refs):
+        raise ValueError("'refs' names a job twice")
+    return task_id, tuple(refs)

@@ -26,7 +26,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from .context import JobContext, _current
-from .model import Dispatch, Failure, JobSpec, decode_message
+from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode_refs, encode_message
 from .registry import lookup
 
 if TYPE_CHECKING:
@@ -88,50 +88,111 @@ def _plain_failure(ref: str, fn: str, attempt: int, kind: str, message: str) -> 
 
 
 class Runner:
-    """Executes delivered messages for one backend."""
+    """Executes delivered messages for one backend.
+
+    A message names one job ref, or several (``"refs"``, sent by
+    ``Task.add_jobs(..., per_message=k)``): those run one after another in the delivering
+    thread, each with its own start and finish transition; the finish of one and the start
+    of the next go to the store together (:meth:`Store.finish_then_start`).
+
+    A follow-up that a transition made here decides (the next finalizer, the failure
+    callback) is run by this thread right after, without a trip through the queue
+    (``inline_followups``): the transition registered it with a grace period, so if this
+    process dies first the core's recovery sends it through the queue as usual.
+    """
+
+    #: Run the finalizer/callback a finish decided in this thread instead of enqueuing it.
+    inline_followups = True
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._heartbeat = _Heartbeat(self)
+        self._local = threading.local()
 
     def close(self) -> None:
         self._heartbeat.stop.set()
 
     def handle(self, raw: Any) -> str:
         """Run one delivered message. Returns what happened (``"succeeded"``, ``"failed"``,
-        ``"skipped:<reason>"``, ``"rejected"``); never raises for a bad message, so the
-        queue can always acknowledge it."""
+        ``"skipped:<reason>"``, ``"rejected"``; for a message of several refs, the outcome
+        of each, comma-separated, unless all are the same); never raises for a bad message,
+        so the queue can always acknowledge it."""
+        local = self._local
+        if getattr(local, "pending", None) is not None:  # a job calling handle(): no inlining inside
+            return self._handle(raw)
+        local.pending = []
+        try:
+            out = self._handle(raw)
+            while local.pending:
+                task_id, ref = local.pending.pop(0)
+                self._handle_one(task_id, ref, encode_message(task_id, ref))
+            return out
+        finally:
+            local.pending = None
+
+    def _handle(self, raw: Any) -> str:
         store = self.backend.store
         text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
         try:
-            task_id, ref = decode_message(raw)
+            task_id, refs = decode_refs(raw)
         except ValueError as exc:
             log.warning("refused message %.200r: %s", text, exc)
             store.reject(text, f"refused: {exc}", time.time())
             return "rejected"
+        if len(refs) == 1:
+            return self._handle_one(task_id, refs[0], text)
+        outcomes: list[str] = []
+        start = store.start(task_id, refs[0], time.time())
+        for i, ref in enumerate(refs):
+            nxt = refs[i + 1] if i + 1 < len(refs) else None
+            if not start.run:
+                outcomes.append(self._not_started(task_id, ref, text, start))
+                if start.reason == "task-missing":
+                    break
+                if nxt is not None:
+                    start = store.start(task_id, nxt, time.time())
+                continue
+            result_text, error = self._execute(task_id, ref, start)
+            now = time.time()
+            if nxt is None:
+                self.dispatch(store.finish(task_id, ref, start.attempt, now, result=result_text, error=error))
+            else:
+                d, start = store.finish_then_start(
+                    task_id, ref, start.attempt, now, nxt, result=result_text, error=error
+                )
+                self.dispatch(d)
+            outcomes.append("failed" if error is not None else "succeeded")
+        return outcomes[0] if len(set(outcomes)) == 1 else ",".join(outcomes)
+
+    def _handle_one(self, task_id: str, ref: str, text: str) -> str:
+        store = self.backend.store
         start = store.start(task_id, ref, time.time())
         if not start.run:
-            if start.reason in ("task-missing", "job-missing"):
-                what = "no task" if start.reason == "task-missing" else f"task has no job {ref}"
-                store.reject(
-                    text,
-                    f"{what}: {task_id!r} (deleted, expired, or never created)",
-                    time.time(),
-                )
-                return "rejected"
-            return f"skipped:{start.reason}"
-        return self._run(task_id, ref, start.spec, start.attempt, start.keep_results)
+            return self._not_started(task_id, ref, text, start)
+        result_text, error = self._execute(task_id, ref, start)
+        self.dispatch(store.finish(task_id, ref, start.attempt, time.time(), result=result_text, error=error))
+        return "failed" if error is not None else "succeeded"
 
-    def _run(self, task_id: str, ref: str, spec_text: str, attempt: int, keep_results: bool) -> str:
-        store = self.backend.store
+    def _not_started(self, task_id: str, ref: str, text: str, start: Start) -> str:
+        if start.reason in ("task-missing", "job-missing"):
+            what = "no task" if start.reason == "task-missing" else f"task has no job {ref}"
+            self.backend.store.reject(
+                text,
+                f"{what}: {task_id!r} (deleted, expired, or never created)",
+                time.time(),
+            )
+            return "rejected"
+        return f"skipped:{start.reason}"
+
+    def _execute(self, task_id: str, ref: str, start: Start) -> tuple[str | None, Failure | None]:
+        """Call the job of a started attempt; return ``(result JSON, failure)``."""
+        attempt = start.attempt
         fn_name = "?"
         try:
-            spec = JobSpec.from_json(spec_text)
+            spec = JobSpec.from_json(start.spec)
             fn_name = spec.fn
         except ValueError as exc:
-            err = _plain_failure(ref, fn_name, attempt, "InvalidJobSpec", f"arguments do not decode: {exc}")
-            self.dispatch(store.finish(task_id, ref, attempt, time.time(), error=err))
-            return "failed"
+            return None, _plain_failure(ref, fn_name, attempt, "InvalidJobSpec", f"arguments do not decode: {exc}")
         fn = lookup(spec.fn)
         if fn is None:
             err = _plain_failure(
@@ -140,8 +201,7 @@ class Runner:
                 "functions decorated with @job in the modules they import",
             )
             log.error("%s/%s: %s", task_id, ref, err.message)
-            self.dispatch(store.finish(task_id, ref, attempt, time.time(), error=err))
-            return "failed"
+            return None, err
         task = self.backend.get_task_handle(task_id)
         token = _current.set(JobContext(task=task, ref=ref, attempt=attempt))
         beat = self._heartbeat.add(task_id, ref, attempt)
@@ -149,7 +209,7 @@ class Runner:
         error: Failure | None = None
         try:
             value = fn(*spec.args, **spec.kwargs)
-            if keep_results:
+            if start.keep_results:
                 try:
                     result_text = json.dumps(value, allow_nan=False, separators=(",", ":"))
                 except (TypeError, ValueError) as exc:
@@ -163,14 +223,20 @@ class Runner:
         finally:
             self._heartbeat.remove(beat)
             _current.reset(token)
-        d = store.finish(task_id, ref, attempt, time.time(), result=result_text, error=error)
-        self.dispatch(d)
         if error is not None:
             log.info("%s/%s attempt %d failed: %s: %s", task_id, ref, attempt, error.type, error.message)
-            return "failed"
-        return "succeeded"
+        return result_text, error
 
     def dispatch(self, d: Dispatch) -> None:
+        pending = getattr(self._local, "pending", None)
+        if (
+            pending is not None
+            and self.inline_followups
+            and len(d.refs) == 1
+            and d.refs[0][:1] in (FINALIZER, CALLBACK)
+        ):
+            pending.append((d.task_id, d.refs[0]))
+            return
         self.backend.dispatch(d)
 
 

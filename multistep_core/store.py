@@ -96,6 +96,23 @@ class Store(ABC):
         """Record one attempt's outcome (``error`` None means success; ``result`` is JSON
         text) and decide what comes next. A job that already ended is left alone."""
 
+    def finish_then_start(
+        self,
+        task_id: str,
+        ref: str,
+        attempt: int,
+        now: float,
+        next_ref: str,
+        *,
+        result: str | None = None,
+        error: Failure | None = None,
+    ) -> tuple[Dispatch, Start]:
+        """:meth:`finish` of ``ref``, then :meth:`start` of ``next_ref`` of the same task (a
+        worker running a message that carries several refs). Two transitions, in this order;
+        a store may send them in one round trip."""
+        d = self.finish(task_id, ref, attempt, now, result=result, error=error)
+        return d, self.start(task_id, next_ref, now)
+
     @abstractmethod
     def cancel(self, task_id: str, by: str, now: float) -> bool:
         """Cancel a task that has not succeeded. False if it was already over."""
