@@ -285,7 +285,7 @@ class QueueBench:
         return Run(enq, cb["start"] - t0, n, (cb["start"] - end) * 1000 if end else None, mon.delta, bmem,
                    {"callback_saw": int(cb["seen"])})
 
-    def run_multistep(self, backend: Any, n: int, timeout: float, tag: str) -> Run:
+    def run_multistep(self, backend: Any, n: int, timeout: float, tag: str, per_message: int = 1) -> Run:
         from benchmarks import jobs_module
 
         self.reset_marks()
@@ -294,7 +294,7 @@ class QueueBench:
         with Monitor(self.r, extra=lambda: store.memory_usage(tid)) as mon:
             t0 = time.time()
             with backend.create_task(tid, queue=MS_Q) as task:
-                task.add_jobs(jobs_module.work, range(n))
+                task.add_jobs(jobs_module.work, range(n), per_message=per_message)
                 task.add_finalization_job(jobs_module.final)
             enq = time.time() - t0
             bmem = self.broker_memory() if self.args.broker_memory else None
@@ -311,7 +311,7 @@ class QueueBench:
                    {"callback_saw": int(cb["seen"]), "state": state,
                     "bytes_per_job_running": mon.extra_peak / n, "bytes_per_job_finished": finished / n})
 
-    def create_only(self, backend: Any, n: int) -> dict[str, Any]:
+    def create_only(self, backend: Any, n: int, per_message: int = 1) -> dict[str, Any]:
         """Create an n-job task with no worker running: jobs/s, Redis and broker memory."""
         from benchmarks import jobs_module
 
@@ -320,7 +320,7 @@ class QueueBench:
         with Monitor(self.r, interval=0.05) as mon:
             t0 = time.perf_counter()
             with backend.create_task(tid, queue=MS_Q) as task:
-                task.add_jobs(jobs_module.work, range(n))
+                task.add_jobs(jobs_module.work, range(n), per_message=per_message)
                 task.add_finalization_job(jobs_module.final)
             dt = time.perf_counter() - t0
         b1 = self.broker_memory()
@@ -546,6 +546,7 @@ def bench_queue(name: str, n: int, args: argparse.Namespace, logdir: Path) -> di
     raw: list[Run] = []
     native: list[Run] = []
     ms: list[Run] = []
+    ms1: list[Run] = []
     nn = b.native_jobs(n)
     sides = set(args.sides)
     if sides & {"raw", "native"}:
@@ -571,30 +572,37 @@ def bench_queue(name: str, n: int, args: argparse.Namespace, logdir: Path) -> di
             if not w.alive():
                 log(f"{name}: a queue worker died; see {logdir}")
         flush(b)
-    if "multistep" in sides:
+    pm = args.per_message
+    if sides & {"multistep", "multistep1"}:
         backend = connect(b.multistep_url())
         try:
             with b.multistep_workers() as w:
-                b.run_multistep(backend, min(20, n), 60, "warm")
+                b.run_multistep(backend, min(20, n), 60, "warm", pm)
                 for k in range(args.repeat):
-                    flush(b)
-                    log(f"{name}: multistep {n} jobs, run {k + 1}/{args.repeat}")
-                    ms.append(b.run_multistep(backend, n, args.timeout, str(k)))
-                    log(f"{name}: multistep {ms[-1]}")
+                    if "multistep" in sides:
+                        flush(b)
+                        log(f"{name}: multistep {n} jobs ({pm} per message), run {k + 1}/{args.repeat}")
+                        ms.append(b.run_multistep(backend, n, args.timeout, str(k), pm))
+                        log(f"{name}: multistep {ms[-1]}")
+                    if "multistep1" in sides and pm != 1:
+                        flush(b)
+                        log(f"{name}: multistep {n} jobs (1 per message), run {k + 1}/{args.repeat}")
+                        ms1.append(b.run_multistep(backend, n, args.timeout, f"one{k}", 1))
+                        log(f"{name}: multistep (1 per message) {ms1[-1]}")
                 if not w.alive():
                     log(f"{name}: a multistep worker died; see {logdir}")
             create: dict[str, Any] = {}
             for size in ([args.create] if args.create else []) + ([1_000_000] if args.million else []):
                 flush(b)
                 log(f"{name}: creating a {size}-job task with no worker running")
-                create[str(size)] = b.create_only(backend, size)
+                create[str(size)] = b.create_only(backend, size, pm)
                 log(f"{name}: {create[str(size)]}")
         finally:
             backend.close()
         flush(b)
     else:
         create = {}
-    R, N_, M = summarize(raw), summarize(native), summarize(ms)
+    R, N_, M, M1 = summarize(raw), summarize(native), summarize(ms), summarize(ms1)
     out: dict[str, Any] = {
         "queue": name,
         "jobs": n,
@@ -613,6 +621,7 @@ def bench_queue(name: str, n: int, args: argparse.Namespace, logdir: Path) -> di
         "native_peak_redis_bytes": N_["peak_redis_bytes"] if native else None,
         "native_did_not_finish_in_s": N_.get("did_not_finish_in_s"),
         "native_jobs_done_at_timeout": N_.get("jobs_done_at_timeout"),
+        "per_message": pm,
         "multistep_enqueue_s": M["enqueue_s"] if ms else None,
         "multistep_total_s": M["total_s"] if ms else None,
         "multistep_jobs_per_s": M["jobs_per_s"] if ms else None,
@@ -620,7 +629,12 @@ def bench_queue(name: str, n: int, args: argparse.Namespace, logdir: Path) -> di
         "multistep_peak_redis_bytes": M["peak_redis_bytes"] if ms else None,
         "multistep_bytes_per_job_running": M.get("bytes_per_job_running"),
         "multistep_bytes_per_job_finished": M.get("bytes_per_job_finished"),
-        "multistep_final_states": M.get("final_states"),
+        "multistep_final_states": sorted(set(M.get("final_states") or []) | set(M1.get("final_states") or [])),
+        "multistep1_enqueue_s": M1["enqueue_s"] if ms1 else None,
+        "multistep1_total_s": M1["total_s"] if ms1 else None,
+        "multistep1_jobs_per_s": M1["jobs_per_s"] if ms1 else None,
+        "multistep1_fanin_latency_ms_p50": M1["fanin_latency_ms_p50"] if ms1 else None,
+        "multistep1_peak_redis_bytes": M1["peak_redis_bytes"] if ms1 else None,
         "broker_bytes_after_enqueue": {
             "raw": R.get("broker_bytes_after_enqueue"), "native": N_.get("broker_bytes_after_enqueue"),
             "multistep": M.get("broker_bytes_after_enqueue"),
@@ -635,6 +649,9 @@ def bench_queue(name: str, n: int, args: argparse.Namespace, logdir: Path) -> di
     out["ratio_multistep_raw"] = mj / rj if mj and rj else None
     out["ratio_multistep_native"] = mj / nj if mj and nj else None
     out["ratio_multistep_native_is_lower_bound"] = bool(out["native_jobs_per_s"] is None and nj)
+    m1 = out["multistep1_jobs_per_s"]
+    out["ratio_multistep1_raw"] = m1 / rj if m1 and rj else None
+    out["ratio_multistep1_native"] = m1 / nj if m1 and nj else None
     for size, c in create.items():
         key = "create_100k" if size == "100000" else ("create_1m" if size == "1000000" else f"create_{size}")
         out[key] = c
@@ -673,11 +690,16 @@ def table(results: list[dict[str, Any]]) -> str:
             njps = f"< {o['native_jobs_per_s_upper_bound']:.0f}"
         lines.append(f"| {o['queue']} | {o['native_jobs']} | native | {fmt(o['native_enqueue_s'], '.2f')} | {nt} | "
                      f"{njps} | {fmt(o['native_fanin_latency_ms_p50'], '.1f')} | {mb(o['native_peak_redis_bytes'])} |")
-        lines.append(f"| {o['queue']} | {n} | multistep | {fmt(o['multistep_enqueue_s'], '.2f')} | "
+        lines.append(f"| {o['queue']} | {n} | multistep ({o['per_message']}/msg) | {fmt(o['multistep_enqueue_s'], '.2f')} | "
                      f"{fmt(o['multistep_total_s'], '.2f')} | {fmt(o['multistep_jobs_per_s'])} | "
                      f"{fmt(o['fanin_latency_ms_p50'], '.1f')} | {mb(o['multistep_peak_redis_bytes'])} |")
-    lines += ["", "| queue | multistep/raw | multistep/native | B/job running | B/job finished | create 100k jobs/s |",
-              "|---|---:|---:|---:|---:|---:|"]
+        if o.get("multistep1_total_s") is not None:
+            lines.append(f"| {o['queue']} | {n} | multistep (1/msg) | {fmt(o['multistep1_enqueue_s'], '.2f')} | "
+                         f"{fmt(o['multistep1_total_s'], '.2f')} | {fmt(o['multistep1_jobs_per_s'])} | "
+                         f"{fmt(o['multistep1_fanin_latency_ms_p50'], '.1f')} | {mb(o['multistep1_peak_redis_bytes'])} |")
+    lines += ["", "| queue | multistep/raw | multistep/native | (1/msg) /raw | (1/msg) /native | B/job running "
+              "| B/job finished | create 100k jobs/s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for o in results:
         rn = fmt(o["ratio_multistep_native"], ".2f")
         if o.get("ratio_multistep_native_is_lower_bound"):
@@ -685,6 +707,7 @@ def table(results: list[dict[str, Any]]) -> str:
         if o["native_jobs"] != o["jobs"] and o["ratio_multistep_native"] is not None:
             rn += f" (native at N={o['native_jobs']})"
         lines.append(f"| {o['queue']} | {fmt(o['ratio_multistep_raw'], '.2f')} | {rn} | "
+                     f"{fmt(o.get('ratio_multistep1_raw'), '.2f')} | {fmt(o.get('ratio_multistep1_native'), '.2f')} | "
                      f"{fmt(o['multistep_bytes_per_job_running'], '.1f')} | "
                      f"{fmt(o['multistep_bytes_per_job_finished'], '.2f')} | {fmt(o['create_100k_jobs_per_s'])} |")
     creates = [(o["queue"], k, o[k]) for o in results for k in ("create_100k", "create_1m") if k in o]
@@ -716,7 +739,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", "-c", type=int, default=4,
                    help="threads/processes per worker (Dramatiq threads, Celery pool size; RQ runs 1 job per worker)")
     p.add_argument("--celery-pool", default="threads", help="Celery pool for the raw/native workers")
-    p.add_argument("--sides", nargs="+", default=["raw", "native", "multistep"], choices=["raw", "native", "multistep"])
+    p.add_argument("--sides", nargs="+", default=["raw", "native", "multistep", "multistep1"],
+                   choices=["raw", "native", "multistep", "multistep1"],
+                   help="multistep: with --per-message jobs per message; multistep1: one job per message")
+    p.add_argument("--per-message", type=int, default=16, help="multistep jobs per queue message (add_jobs per_message)")
     p.add_argument("--timeout", type=float, default=900, help="seconds a raw or multistep run may take")
     p.add_argument("--native-timeout", type=float, default=300,
                    help="seconds a native fan-in run may take; beyond, it is reported as 'did not finish'")
