@@ -22,6 +22,7 @@ that workers use, and it builds every operation from the store's atomic transiti
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import socket
 import time
@@ -46,11 +47,12 @@ from .model import (
     validate_task_id,
 )
 from .queue import Queue, SupportsWorkers
-from .registry import make_spec
+from .registry import check_json, make_spec
 from .runner import Recovery, Runner
 from .store import Store
 
 ADD_CHUNK = 2000  # jobs per store call and per bulk enqueue when adding many
+_PLAIN_JSON = (int, str, bool, type(None))  # exact types check_json accepts as they are
 
 
 def _who() -> str:
@@ -242,9 +244,18 @@ class Task:
         refs: list[str] = []
         chunk: list[str] = []
         retries = _retries_of(fn)
+        name = make_spec(fn, (), {}, retries).fn  # validates the function and its retries once
+        # Each spec is the text JobSpec(name, args, retries=retries).to_json() gives, built
+        # without the per-job round trip through JobSpec (large tasks add one per job).
+        head = '{"fn":' + json.dumps(name) + ',"args":'
+        tail = "}" if retries is None else f',"retries":{int(retries)}}}'
+        dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
         for item in arg_lists:
-            args = tuple(item) if isinstance(item, (list, tuple)) else (item,)
-            chunk.append(make_spec(fn, args, {}, retries).to_json())
+            args = list(item) if isinstance(item, (list, tuple)) else [item]
+            for i, a in enumerate(args):
+                if type(a) not in _PLAIN_JSON:
+                    check_json(a, f"argument {i} of {name}")
+            chunk.append(head + dumps(args) + tail)
             if len(chunk) >= ADD_CHUNK:
                 refs += self._add(JOB, chunk, per_message)
                 chunk = []

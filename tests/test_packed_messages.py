@@ -164,3 +164,34 @@ def test_redis_finish_then_start_matches_two_calls() -> None:
     assert st.job_states(tid)["j0"] == "succeeded" and st.job_states(tid)["j1"] == "succeeded"
     st.delete(tid)
     st.close()
+
+
+@job(name="packtest.retrying", retries=2)
+def retrying(*args: object) -> None:
+    pass
+
+
+@pytest.mark.parametrize("fn", [note, retrying])
+def test_add_jobs_stores_what_make_spec_gives(fn: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from multistep_core.registry import make_spec
+
+    backend, _ = _backend()
+    seen: list[str] = []
+    real = backend.store.add_jobs
+
+    def spy(task_id: str, kind: str, specs: list[str], now: float) -> list[str]:
+        seen.extend(specs)
+        return real(task_id, kind, specs, now)
+
+    monkeypatch.setattr(backend.store, "add_jobs", spy)
+    items = [1, "x", [1, 2.5, None], (True, {"a": [1, 2]}), {"k": 1.0}, -3, "é\u2028", [[]]]
+    with backend.create_task() as task:
+        task.add_jobs(fn, items)  # type: ignore[arg-type]
+    want = [
+        make_spec(fn, tuple(i) if isinstance(i, (list, tuple)) else (i,), {}, getattr(fn, "__multistep_retries__", None))
+        .to_json()
+        for i in items
+    ]
+    assert seen == want
+    with backend.create_task() as task, pytest.raises(InvalidJob, match=r"argument 1 of packtest\.note"):
+        task.add_jobs(note, [(1, {1, 2})])
