@@ -48,14 +48,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# this checkout's code first (core, adapters), here and in the workers (see QueueBench.env)
+CODE_PATHS = [str(ROOT), str(ROOT / "adapters")]
+for _p in reversed(CODE_PATHS):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 from benchmarks import common  # noqa: E402
 
 QUEUES = ["rq", "celery-redis", "celery-amqp", "dramatiq-redis", "dramatiq-amqp"]
-RAW_Q = "fanin_raw"  # the queues' own queue for raw and native runs
-MS_Q = "fanin"  # the multistep queue (multistep:fanin / multistep.fanin on the broker)
 
 
 def log(msg: str) -> None:
@@ -208,9 +209,13 @@ class QueueBench:
         self.env = dict(os.environ)
         self.env["FANIN_REDIS"] = self.redis_url
         self.env["FANIN_BROKER"] = self.broker_url()
-        self.env["PYTHONPATH"] = os.pathsep.join([str(ROOT), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.env["PYTHONPATH"] = os.pathsep.join([*CODE_PATHS, self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         os.environ["FANIN_REDIS"] = self.redis_url
+        # queue names of our own per configuration (Celery and Dramatiq declare RabbitMQ
+        # queues with different arguments, so they must never share one)
+        self.raw_q = "fanin_raw_" + self.name.replace("-", "_")  # the queue's own runs
+        self.ms_q = "fanin_" + self.name.replace("-", "_")  # the multistep queue
 
     # to override
     def broker_url(self) -> str:
@@ -237,7 +242,7 @@ class QueueBench:
     # shared
     def multistep_workers(self) -> Workers:
         cmd = [sys.executable, "-m", "multistep_core", "--backend", self.multistep_url(), "worker",
-               "benchmarks.jobs_module", "-q", MS_Q, "-c", str(self.args.concurrency)]
+               "benchmarks.jobs_module", "-q", self.ms_q, "-c", str(self.args.concurrency)]
         return Workers(f"{self.name}-multistep", cmd, self.env, self.args.workers, self.logdir)
 
     def reset_marks(self) -> None:
@@ -293,7 +298,7 @@ class QueueBench:
         store = backend.store
         with Monitor(self.r, extra=lambda: store.memory_usage(tid)) as mon:
             t0 = time.time()
-            with backend.create_task(tid, queue=MS_Q) as task:
+            with backend.create_task(tid, queue=self.ms_q) as task:
                 task.add_jobs(jobs_module.work, range(n), per_message=per_message)
                 task.add_finalization_job(jobs_module.final)
             enq = time.time() - t0
@@ -319,7 +324,7 @@ class QueueBench:
         b0 = self.broker_memory()
         with Monitor(self.r, interval=0.05) as mon:
             t0 = time.perf_counter()
-            with backend.create_task(tid, queue=MS_Q) as task:
+            with backend.create_task(tid, queue=self.ms_q) as task:
                 task.add_jobs(jobs_module.work, range(n), per_message=per_message)
                 task.add_finalization_job(jobs_module.final)
             dt = time.perf_counter() - t0
@@ -328,7 +333,7 @@ class QueueBench:
         out = {"jobs": n, "seconds": dt, "jobs_per_s": n / dt, "peak_redis_bytes": mon.delta,
                "task_store_bytes": task_bytes,
                "broker_bytes": (b1 - b0) if (b0 is not None and b1 is not None) else None}
-        backend.queue.purge(MS_Q)
+        backend.queue.purge(self.ms_q)
         task.delete()
         return out
 
@@ -345,11 +350,11 @@ class RQBench(QueueBench):
     def _q(self) -> Any:
         from rq import Queue
 
-        return Queue(RAW_Q, connection=self.r)
+        return Queue(self.raw_q, connection=self.r)
 
     def queue_workers(self) -> Workers:
         cmd = [sys.executable, "-m", "rq.cli", "worker", "--url", self.redis_url, "--worker-class",
-               "rq.SimpleWorker", "--quiet", "--path", str(ROOT), RAW_Q]
+               "rq.SimpleWorker", "--quiet", "--path", str(ROOT), self.raw_q]
         return Workers("rq-raw", cmd, self.env, self.args.workers, self.logdir)
 
     def raw_enqueue(self, n: int) -> None:
@@ -368,7 +373,7 @@ class DramatiqBench(QueueBench):
 
     def __init__(self, args: argparse.Namespace, logdir: Path) -> None:
         super().__init__(args, logdir)
-        self.env["FANIN_DQ"] = RAW_Q
+        self.env["FANIN_DQ"] = self.raw_q
         self.env["dramatiq_queue_prefetch"] = str(args.concurrency)  # what multistep's workers use
         self.env["dramatiq_worker_timeout"] = "250"
         self._broker: Any = None
@@ -391,18 +396,18 @@ class DramatiqBench(QueueBench):
 
                 b = RedisBroker(url=url)
             b.add_middleware(GroupCallbacks(RedisBackend(url=self.redis_url), barrier_ttl=86_400_000))
-            b.declare_queue(RAW_Q)
+            b.declare_queue(self.raw_q)
             self._broker = b
         return self._broker
 
     def _msg(self, actor: str, *args: Any) -> Any:
         import dramatiq
 
-        return dramatiq.Message(queue_name=RAW_Q, actor_name=actor, args=args, kwargs={}, options={})
+        return dramatiq.Message(queue_name=self.raw_q, actor_name=actor, args=args, kwargs={}, options={})
 
     def queue_workers(self) -> Workers:
         cmd = [sys.executable, "-m", "dramatiq", "benchmarks.dramatiq_app", "--processes", "1", "--threads",
-               str(self.args.concurrency), "--path", str(ROOT), "--queues", RAW_Q]
+               str(self.args.concurrency), "--path", str(ROOT), "--queues", self.raw_q]
         return Workers(f"{self.name}-raw", cmd, self.env, self.args.workers, self.logdir)
 
     def raw_enqueue(self, n: int) -> None:
@@ -421,7 +426,7 @@ class DramatiqBench(QueueBench):
     def purge(self) -> None:
         if self.amqp:
             b = self.broker()
-            for q in (RAW_Q, f"{RAW_Q}.DQ", f"{RAW_Q}.XQ"):
+            for q in (self.raw_q, f"{self.raw_q}.DQ", f"{self.raw_q}.XQ"):
                 with contextlib.suppress(Exception):
                     b.channel.queue_purge(q)
 
@@ -442,16 +447,16 @@ class CeleryBench(QueueBench):
 
     def __init__(self, args: argparse.Namespace, logdir: Path) -> None:
         super().__init__(args, logdir)
-        self.env["FANIN_CQ"] = RAW_Q
+        self.env["FANIN_CQ"] = self.raw_q
         self._app: Any = None
 
     def multistep_url(self) -> str:
-        return "celery+" + self.redis_url
+        return f"celery+{self.redis_url}?loglevel=WARNING&pool={self.args.celery_pool}"
 
     def app(self) -> Any:
         if self._app is None:
             os.environ["FANIN_BROKER"] = self.broker_url()
-            os.environ["FANIN_CQ"] = RAW_Q
+            os.environ["FANIN_CQ"] = self.raw_q
             import importlib
 
             import benchmarks.celery_app as ca
@@ -461,7 +466,7 @@ class CeleryBench(QueueBench):
         return self._app
 
     def queue_workers(self) -> Workers:
-        cmd = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker", "-Q", RAW_Q,
+        cmd = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker", "-Q", self.raw_q,
                "-c", str(self.args.concurrency), "-P", self.args.celery_pool, "-l", "WARNING",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]
         return Workers(f"{self.name}-raw", cmd, self.env, self.args.workers, self.logdir)
@@ -491,7 +496,7 @@ class CeleryAmqpBench(CeleryBench):
         return self.args.amqp
 
     def multistep_url(self) -> str:
-        return "celery+" + self.args.amqp + "?store=" + self.redis_url
+        return f"celery+{self.args.amqp}?store={self.redis_url}&loglevel=WARNING&pool={self.args.celery_pool}"
 
 
 BENCHES: dict[str, type[QueueBench]] = {
@@ -738,7 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="worker processes per side")
     p.add_argument("--concurrency", "-c", type=int, default=4,
                    help="threads/processes per worker (Dramatiq threads, Celery pool size; RQ runs 1 job per worker)")
-    p.add_argument("--celery-pool", default="threads", help="Celery pool for the raw/native workers")
+    p.add_argument("--celery-pool", default="prefork", choices=["prefork", "threads"],
+                   help="Celery pool of every Celery worker (raw, native and multistep)")
     p.add_argument("--sides", nargs="+", default=["raw", "native", "multistep", "multistep1"],
                    choices=["raw", "native", "multistep", "multistep1"],
                    help="multistep: with --per-message jobs per message; multistep1: one job per message")
@@ -750,13 +756,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="RQ's depends_on is O(N^2) (hours at 10k parents): its native run uses at most this many jobs")
     p.add_argument("--create", type=int, default=100_000, help="also create a task this big with no worker (0: skip)")
     p.add_argument("--million", action="store_true", help="also create a 1,000,000-job task (slow; memory)")
-    p.add_argument("--no-broker-memory", dest="broker_memory", action="store_false",
-                   help="do not sample RabbitMQ memory after each enqueue (rabbitmqctl)")
+    p.add_argument("--broker-memory", action="store_true",
+                   help="also read RabbitMQ's memory after each timed enqueue (rabbitmqctl costs ~0.7 s of CPU "
+                        "while the workers run; the create runs always read it)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/10", help="Redis (flushed!) for everything")
     p.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/", help="RabbitMQ")
     p.add_argument("--json", action="store_true", help="one JSON object per configuration on stdout")
     p.add_argument("--keep-logs", action="store_true", help="keep the workers' logs (path printed)")
+    p.add_argument("--table-from", metavar="JSONL", help="only print the table of results saved with --json")
     args = p.parse_args(argv)
+    if args.table_from:
+        saved = [json.loads(line) for line in Path(args.table_from).read_text().splitlines() if line.strip()]
+        if saved:
+            print(f"{saved[0].get('machine', '')}; {saved[0]['workers']} worker processes per side, concurrency "
+                  f"{saved[0]['concurrency']} (RQ: 1); medians of {saved[0]['repeat']} runs\n")
+        print(table(saved))
+        return 0
     queues = args.queue or QUEUES
     sizes = args.jobs or [10_000]
     logdir = Path(tempfile.mkdtemp(prefix="fanin-"))
