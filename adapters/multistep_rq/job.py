@@ -22,19 +22,23 @@ JOB_PATH = "multistep_rq.job.run"
 
 _lock = threading.Lock()
 _backend: Backend | None = None
+#: The process that built ``_backend``; differs from ``os.getpid()`` in a forked RQ work horse,
+#: which uses the backend its worker process built (it is never rebuilt per job).
+built_in_pid: int | None = None
 
 
 def set_backend(backend: Backend) -> None:
     """Make ``backend`` the one this process's jobs use (called once per worker process)."""
-    global _backend
+    global _backend, built_in_pid
     with _lock:
         _backend = backend
+        built_in_pid = os.getpid()
 
 
 def get_backend() -> Backend:
     """This process's backend; built from ``$MULTISTEP_RQ_SPEC`` the first time if a worker
     was started some other way than ``multistep worker`` (then once per process too)."""
-    global _backend
+    global _backend, built_in_pid
     if _backend is not None:
         return _backend
     with _lock:
@@ -48,6 +52,7 @@ def get_backend() -> Backend:
                     "`multistep --backend rq+redis://... worker MODULES` (not plain `rq worker`)"
                 )
             _backend = backend_from_spec(json.loads(spec))
+            built_in_pid = os.getpid()
         return _backend
 
 

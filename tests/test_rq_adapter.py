@@ -1,0 +1,232 @@
+"""RQ adapter specifics: options, missing driver, connection errors, the JSON wire format, the
+one job function (and the refusal of any other), and the worker processes (backend built once
+per process, forwarding of SIGTERM, restart of a dead worker process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+import pytest
+
+from multistep_core import connect
+from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
+
+pytest.importorskip("rq")
+
+import multistep_rq
+from multistep_rq import JOB_PATH, RQQueue, backend_from_url
+
+URL = "rq+redis://127.0.0.1:6379/15"
+REDIS = "redis://127.0.0.1:6379/15"
+HERE = Path(__file__).parent
+
+
+def _prefix() -> str:
+    return f"msrqtest{uuid.uuid4().hex[:6]}"
+
+
+def test_unknown_option_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigurationError, match=r"'worker_clas' \(did you mean 'worker_class'\?\)"):
+        backend_from_url(URL, worker_clas="fork")
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        connect(URL + "?retries=3")
+
+
+def test_bad_backend_strings_and_values() -> None:
+    with pytest.raises(ConfigurationError, match=r"rq\+redis://"):
+        backend_from_url("rq+amqp://127.0.0.1:5672/")
+    with pytest.raises(ConfigurationError, match="store must be"):
+        backend_from_url(URL, store="mysql://x")
+    with pytest.raises(ConfigurationError, match="worker_class must be one of simple, fork"):
+        RQQueue(REDIS, worker_class="thread")
+    with pytest.raises(ConfigurationError, match="job_timeout"):
+        RQQueue(REDIS, job_timeout=0)
+    assert multistep_rq.broker_url("rq") == "redis://127.0.0.1:6379/0"
+    assert multistep_rq.broker_url("rq+rediss://h:6380/2") == "rediss://h:6380/2"
+
+
+def test_missing_driver_names_the_pip_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rq", None)  # import rq -> ImportError
+    with pytest.raises(BackendDriverMissing, match=r'pip install "multistep\[rq\]"'):
+        connect(URL)
+
+
+def test_import_of_the_package_does_not_need_rq() -> None:
+    code = (
+        "import sys; sys.modules['rq'] = None; import multistep_rq, multistep_rq.job, multistep_core; "
+        "print(multistep_rq.JOB_PATH)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "multistep_rq.job.run", out.stderr
+
+
+def test_connection_errors_name_the_url_without_password() -> None:
+    q = RQQueue("redis://:secret@127.0.0.1:1/0")
+    try:
+        for call in (lambda: q.enqueue("default", ['{"x":1}']), q.ping, lambda: q.publish_raw("default", "x")):
+            with pytest.raises(BackendConnectionError) as info:
+                call()
+            assert "127.0.0.1:1" in str(info.value) and "secret" not in str(info.value)
+    finally:
+        q.close()
+    with pytest.raises(BackendConnectionError, match=r"127\.0\.0\.1:1"):
+        connect("rq+redis://127.0.0.1:1/0")
+
+
+def test_the_job_function_is_importable_by_its_dotted_path() -> None:
+    import multistep_rq.job
+    from rq.utils import import_attribute
+
+    assert JOB_PATH == "multistep_rq.job.run"
+    assert import_attribute(JOB_PATH) is multistep_rq.job.run
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_wire_format_is_json_one_function_and_no_kept_results() -> None:
+    backend = backend_from_url(URL, prefix=_prefix())
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    try:
+        q = backend.queue
+        assert isinstance(q, RQQueue)
+        bodies = [json.dumps({"i": i}) for i in range(2500)]
+        q.enqueue(queue, bodies)
+        q.publish_raw(queue, "not json at all")
+        r = q.redis
+        ids = [i.decode() for i in r.lrange(f"rq:queue:multistep:{queue}", 0, -1)]
+        assert len(ids) == 2501
+        pipe = r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(f"rq:job:{i}")
+        hashes = pipe.execute()
+        calls = [json.loads(zlib.decompress(h[b"data"])) for h in hashes]  # JSON, never pickle
+        assert calls == [[JOB_PATH, None, [b], {}] for b in [*bodies, "not json at all"]]
+        for h in hashes:
+            assert h[b"result_ttl"] == b"0" and h[b"failure_ttl"] == b"3600" and h[b"timeout"] == b"-1"
+            assert h[b"status"] == b"queued" and h[b"origin"] == f"multistep:{queue}".encode()
+            assert h[b"success_callback_name"] == b"" and h[b"failure_callback_name"] == b""
+        assert q.purge(queue) == 2501
+        assert r.llen(f"rq:queue:multistep:{queue}") == 0 and not r.exists(f"rq:job:{ids[0]}")
+    finally:
+        backend.close()
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_workers_run_only_the_multistep_function(tmp_path: Path) -> None:
+    # RQ jobs forged with plain rq APIs on a multistep queue: another function, and ours with a
+    # callback. Neither the function nor the callback may be imported or called.
+    import multistep_rq.job as mj
+    from multistep_rq.worker import MultistepJob
+    from rq import Callback, Queue, SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    canary = tmp_path / "pwned"
+    backend = backend_from_url(URL, prefix=_prefix())
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    old = mj._backend
+    try:
+        q = backend.queue
+        assert isinstance(q, RQQueue)
+        rq_queue = Queue(q.rq_name(queue), connection=q.redis, serializer=JSONSerializer)
+        rq_queue.enqueue("os.system", f"touch {canary}", result_ttl=0)
+        rq_queue.enqueue(JOB_PATH, "forged body", on_success=Callback("os.abort"), result_ttl=0)
+        mj.set_backend(backend)
+        worker = SimpleWorker([rq_queue], connection=q.redis, serializer=JSONSerializer, job_class=MultistepJob)
+        worker.work(burst=True, with_scheduler=False)
+        reasons = [(r.raw, r.reason) for r in backend.rejected(10)]
+        assert any("os.system" in raw and "multistep_rq.job.run" in why for raw, why in reasons), reasons
+        assert any(raw == "forged body" and "not JSON" in why for raw, why in reasons), reasons
+        assert not canary.exists()
+    finally:
+        mj._backend = old
+        backend.close()
+
+
+def _start_worker(tmp_path: Path, url: str, queue: str, c: int) -> tuple[subprocess.Popen[bytes], Path]:
+    log = tmp_path / f"worker-{uuid.uuid4().hex[:4]}.log"
+    cmd = [sys.executable, "-m", "multistep_core", "--backend", url, "worker", "rq_jobs", "-q", queue, "-c", str(c)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, cwd=HERE, env=env
+    )
+    return proc, log
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+@pytest.mark.usefixtures("redis_service")
+@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+def test_the_backend_is_built_once_per_worker_process(tmp_path: Path, worker_class: str) -> None:
+    sys.path.insert(0, str(HERE))
+    try:
+        import rq_jobs
+    finally:
+        sys.path.remove(str(HERE))
+    prefix = _prefix()
+    url = f"{URL}?prefix={prefix}&worker_class={worker_class}"
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    proc, log = _start_worker(tmp_path, url, queue, 1)
+    backend = connect(url)
+    journal = tmp_path / "journal.log"
+    try:
+        with backend.create_task(queue=queue) as task:
+            task.add_jobs(rq_jobs.where, [(str(journal), f"j{i}") for i in range(6)])
+        assert task.wait(timeout=60).state.value == "succeeded", log.read_text()
+        lines = [json.loads(x) for x in journal.read_text().splitlines()]
+        assert {x["built_in"] for x in lines} == {proc.pid}  # built by the worker process, once
+        assert len({x["backend"] for x in lines}) == 1
+        pids = {x["pid"] for x in lines}
+        if worker_class == "simple":
+            assert pids == {proc.pid}  # run in the worker process itself
+        else:
+            assert proc.pid not in pids and len(pids) == 6  # one forked work horse per job
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        backend.close()
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_supervisor_forwards_sigterm_and_restarts_a_dead_worker_process(tmp_path: Path) -> None:
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    proc, log = _start_worker(tmp_path, f"{URL}?prefix={_prefix()}", queue, 2)
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Listening on") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        kids = _children(proc.pid)
+        assert len(kids) == 2
+        os.kill(kids[0], signal.SIGKILL)  # one RQ worker process dies
+        deadline = time.monotonic() + 30
+        while True:
+            now = _children(proc.pid)
+            if len(now) == 2 and kids[0] not in now:
+                break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Listening on") < 3:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)  # the supervisor alone: it forwards to its workers
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        assert log.read_text().count("warm shut down requested") == 2
+        assert _children(proc.pid) == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
