@@ -57,13 +57,15 @@ Celery settings the adapter relies on (and why)
     * ``worker_prefetch_multiplier=1`` (Celery's default 4): a worker reserves one message
       per pool slot, so a killed worker holds few messages and idle workers get the rest;
       on Redis also ``worker_disable_prefetch=True`` (no reservation beyond free slots).
-    * Redis transport options: ``visibility_timeout`` (default 30 s, Celery's is one hour),
+    * Redis transport options: ``visibility_timeout`` (default 10 s, Celery's is one hour),
       ``unacked_restore_interval=1`` and ``unacked_restore_throttle=1`` (kombu's defaults
       10 s times 10 make the sweep run every 100 s): a message that a killed worker had received
-      but not acknowledged goes back to its queue ``visibility_timeout`` + ≤ 1 s after it was
-      delivered. A job still running after ``visibility_timeout`` is delivered once more
-      per period: the copy is skipped by the core (the job is running, counting is per job
-      ref) and acknowledged; that is the price of a short timeout, and why it is not lower.
+      but not acknowledged goes back to its queue ``visibility_timeout`` + at most 1 s after
+      it was delivered. A job still running after ``visibility_timeout`` is delivered once
+      more: the copy is skipped by the core (the job is running under a live lease) and
+      acknowledged, which also removes the message from kombu's unacknowledged set, so a
+      long job costs one extra delivery, not one per period. A dead worker's *running* job
+      is brought back by the lease (below), not by this timeout.
       ``unacked_key``, ``unacked_index_key`` and ``unacked_mutex_key`` are
       ``multistep.unacked*`` so the sweep never touches another Celery app's unacknowledged
       messages in the same Redis database (kombu's sweep restores *every* message in its
@@ -107,7 +109,7 @@ Options (query string or keyword arguments): ``store`` (store URL; default: the 
 Redis for ``celery+redis``, else ``$MULTISTEP_STORE``, else ``redis://127.0.0.1:6379/0``;
 ``sqlite:///path`` also works), ``prefix`` (store key prefix, ``ms``), ``lease`` (seconds, 30),
 ``celery_app`` (``package.module:app`` of your own app), ``queue_prefix`` (``multistep.``),
-``pool`` (``prefork`` | ``threads`` | ``solo``), ``visibility_timeout`` (Redis, seconds, 30),
+``pool`` (``prefork`` | ``threads`` | ``solo``), ``visibility_timeout`` (Redis, seconds, 10),
 ``restore_interval`` (Redis, seconds between unacked sweeps, 1), ``heartbeat`` (AMQP, seconds),
 ``loglevel`` (worker logging, ``INFO``), ``max_tasks_per_child`` (prefork).
 """
@@ -138,7 +140,7 @@ log = logging.getLogger("multistep.celery")
 TASK_NAME = "multistep.run"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE_PREFIX = "multistep."
-DEFAULT_VISIBILITY_TIMEOUT = 30.0
+DEFAULT_VISIBILITY_TIMEOUT = 10.0
 DEFAULT_RESTORE_INTERVAL = 1.0
 PIP_HINT = 'pip install "multistep[celery]"'
 POOLS = ("prefork", "threads", "solo")
@@ -463,8 +465,12 @@ class CeleryQueue(Queue):
         self.where = _redact(self.broker) or "the Celery app's default broker"
         self.task = register_task(app)
         self._conn_errors = self._driver_errors()
-        self._declared: set[str] = set()
+        self._declared: set[tuple[str, int]] = set()
         self._runner: Any = None
+        self._closed = False
+        if own_app:
+            with _state.lock:
+                _app_users[id(app)] = _app_users.get(id(app), 0) + 1
 
     def bind(self, runner: Any) -> None:
         self._runner = runner
@@ -604,15 +610,31 @@ class CeleryQueue(Queue):
         return int(getattr(worker, "exitcode", 0) or 0)
 
     def close(self) -> None:
-        if self.own_app:
-            try:
-                pool = self.app._pool
+        """Close the broker connections of the adapter's own app once no backend of this
+        process uses it any more (a user's app is left alone)."""
+        if not self.own_app or self._closed:
+            return
+        self._closed = True
+        with _state.lock:
+            _app_users[id(self.app)] = _app_users.get(id(self.app), 1) - 1
+            if _app_users[id(self.app)] > 0:
+                return
+            del _app_users[id(self.app)]
+            for key, app in list(_apps.items()):
+                if app is self.app:
+                    del _apps[key]
+        try:
+            from kombu import pools
+
+            conn = self.app.connection_for_write()
+            for group in (pools.producers, pools.connections):
+                pool = group.pop(conn, None)
                 if pool is not None:
                     pool.force_close_all()
-                self.app._pool = None
-                self.app.amqp._producer_pool = None
-            except Exception:  # pragma: no cover - closing must not raise
-                pass
+            self.app._pool = None
+            self.app.amqp._producer_pool = None
+        except Exception:  # pragma: no cover - closing must not raise
+            log.debug("closing the Celery connections failed", exc_info=True)
 
 
 class _nullcontext:
@@ -624,6 +646,7 @@ class _nullcontext:
 
 
 _apps: dict[tuple[str, float, float, Any], Any] = {}
+_app_users: dict[int, int] = {}  # id(app) -> open queues using the adapter's own app
 
 
 def backend_from_url(

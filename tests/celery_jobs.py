@@ -1,0 +1,28 @@
+"""Job functions for tests/test_celery_adapter.py (registered at import)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import multistep_celery
+
+from multistep_core import job
+
+
+@job(name="celerytest.where")
+def where(path: str, label: str) -> None:
+    """Record which process ran the job, which backend object it used and where that was built."""
+    from multistep_celery import _state
+
+    backend = multistep_celery.get_backend()
+    line = {
+        "label": label,
+        "pid": os.getpid(),
+        "backend": id(backend),
+        "built_in": _state.pid,
+        "threads": sorted(t.name for t in threading.enumerate()),
+    }
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")

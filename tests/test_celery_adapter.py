@@ -1,0 +1,318 @@
+"""Celery adapter specifics: options, missing driver, connection errors, the wire format, the
+one task and its settings, a user's own Celery app, and the worker's processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multistep_core import connect
+from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
+
+pytest.importorskip("celery")
+
+import multistep_celery
+from multistep_celery import TASK_NAME, CeleryQueue, backend_from_url
+
+HERE = Path(__file__).parent
+REDIS = "celery+redis://127.0.0.1:6379/14"
+AMQP = "celery+amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _prefix() -> str:
+    return f"mstest{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def user_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """tests/celery_user_app.py's own Celery app, attached, without leaving it as this process's
+    default app for the other tests."""
+    monkeypatch.setattr(multistep_celery._state, "default_app", None)
+    monkeypatch.setattr(multistep_celery._state, "spec", None)
+    monkeypatch.syspath_prepend(str(HERE))
+    import celery_user_app
+
+    yield celery_user_app.app
+
+
+def test_unknown_option_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigurationError, match=r"'visibility' \(did you mean 'visibility_timeout'\?\)"):
+        backend_from_url(REDIS, visibility=3)
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        connect(REDIS + "?retries=3")
+    with pytest.raises(ConfigurationError, match="pool must be one of prefork, threads, solo"):
+        backend_from_url(REDIS, pool="gevent")
+
+
+def test_bad_backend_strings() -> None:
+    with pytest.raises(ConfigurationError, match=r"celery\+redis://"):
+        backend_from_url("celery+kafka://127.0.0.1:9092")
+    with pytest.raises(ConfigurationError, match="store must be"):
+        backend_from_url(REDIS, store="mysql://x")
+    with pytest.raises(ConfigurationError, match="cannot import"):
+        backend_from_url("celery", celery_app="no_such_module_xyz:app")
+    assert multistep_celery.broker_url("celery") == (None, None)
+    assert multistep_celery.broker_url("celery+amqp://u:p@h:5672//") == ("amqp", "amqp://u:p@h:5672//")
+    assert multistep_celery.broker_url("celery+redis://h:6379/3") == ("redis", "redis://h:6379/3")
+
+
+def test_missing_driver_names_the_pip_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "celery", None)  # import celery -> ImportError
+    with pytest.raises(BackendDriverMissing, match=r'pip install "multistep\[celery\]"'):
+        connect(REDIS)
+
+
+def test_import_of_the_package_does_not_need_celery() -> None:
+    code = (
+        "import sys; sys.modules['celery'] = None; sys.modules['kombu'] = None\n"
+        "import multistep_celery, multistep_core; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("url", ["celery+redis://127.0.0.1:1/0", "celery+amqp://guest:secret@127.0.0.1:1//"])
+def test_connection_errors_name_the_url_without_password(url: str, tmp_path: Path) -> None:
+    backend = backend_from_url(url, store=f"sqlite:///{tmp_path}/t.db")
+    try:
+        with pytest.raises(BackendConnectionError) as info:
+            backend.queue.enqueue("default", ['{"x":1}'])
+        msg = str(info.value)
+        assert "127.0.0.1:1" in msg and "secret" not in msg
+        with pytest.raises(BackendConnectionError):
+            backend.queue.ping()  # type: ignore[attr-defined]
+    finally:
+        backend.close()
+
+
+def _redis_messages(client: Any, key: str) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in reversed(client.lrange(key, 0, -1))]  # LPUSH: oldest last
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_wire_format_is_json_and_names_the_one_task() -> None:
+    import redis
+
+    backend = backend_from_url(REDIS, prefix=_prefix())
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    try:
+        q = backend.queue
+        assert isinstance(q, CeleryQueue)
+        bodies = [json.dumps({"i": i}) for i in range(2500)]
+        q.enqueue(queue, bodies)
+        q.publish_raw(queue, "not json at all")
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/14")
+        msgs = _redis_messages(client, f"multistep.{queue}")
+        assert len(msgs) == 2501
+        assert {m["content-type"] for m in msgs} == {"application/json"}  # JSON, never pickle
+        assert {m["headers"]["task"] for m in msgs} == {TASK_NAME}
+        assert all(m["headers"]["ignore_result"] for m in msgs)
+        args = [json.loads(base64.b64decode(m["body"]))[0] for m in msgs]
+        assert args == [[b] for b in bodies] + [["not json at all"]]
+        assert len({m["headers"]["id"] for m in msgs}) == 2501
+        assert q.purge(queue) == 2501
+        assert client.llen(f"multistep.{queue}") == 0
+    finally:
+        backend.close()
+
+
+def test_the_task_and_the_app_carry_the_settings_the_adapter_relies_on() -> None:
+    backend = backend_from_url(REDIS)
+    try:
+        q = backend.queue
+        assert isinstance(q, CeleryQueue)
+        task = q.app.tasks[TASK_NAME]
+        assert task.acks_late and task.reject_on_worker_lost and task.ignore_result
+        assert task.acks_on_failure_or_timeout and task.max_retries == 0 and task.serializer == "json"
+        assert [n for n in q.app.tasks if not n.startswith("celery.")] == [TASK_NAME]
+        conf = q.app.conf
+        assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+        assert conf.worker_prefetch_multiplier == 1 and conf.worker_disable_prefetch
+        opts = conf.broker_transport_options
+        assert opts["visibility_timeout"] == 10.0 and opts["unacked_restore_interval"] == 1.0
+        assert opts["unacked_restore_throttle"] == 1 and opts["unacked_key"] == "multistep.unacked"
+        assert str(conf.result_backend or "disabled").startswith("disabled")
+    finally:
+        backend.close()
+    b2 = backend_from_url(REDIS, visibility_timeout=5, restore_interval=0.5)
+    try:
+        assert b2.queue.app.conf.broker_transport_options["visibility_timeout"] == 5.0  # type: ignore[attr-defined]
+    finally:
+        b2.close()
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_user_app_is_used_unchanged_and_publishes_json(user_app: Any) -> None:
+    import redis
+
+    before = dict(user_app.conf.broker_transport_options or {})
+    old_serializer = user_app.conf.task_serializer
+    user_app.conf.task_serializer = "pickle"  # the app's own tasks may pickle
+    backend = backend_from_url("celery", celery_app="celery_user_app:app", prefix=_prefix())
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    try:
+        q = backend.queue
+        assert isinstance(q, CeleryQueue) and q.app is user_app and not q.own_app
+        assert backend.name == "celery+redis"
+        # the app's own pickle serializer is not used for multistep's messages
+        q.enqueue(queue, ['{"v":1}'])
+        (msg,) = _redis_messages(redis.Redis.from_url("redis://127.0.0.1:6379/14"), f"multistep.{queue}")
+        assert msg["content-type"] == "application/json" and msg["headers"]["task"] == TASK_NAME
+        assert dict(user_app.conf.broker_transport_options or {}) == before  # nothing app-wide changed
+        assert user_app.conf.task_serializer == "pickle"
+        assert multistep_celery.attach(user_app) is user_app.tasks[TASK_NAME]  # idempotent
+        q.purge(queue)
+    finally:
+        user_app.conf.task_serializer = old_serializer
+        backend.close()
+    with pytest.raises(ConfigurationError, match="Celery app uses"):
+        backend_from_url("celery+redis://127.0.0.1:6379/3", celery_app=user_app)
+
+
+def test_a_foreign_task_with_the_same_name_is_refused() -> None:
+    from celery import Celery
+
+    app = Celery("other", broker="redis://127.0.0.1:6379/14", set_as_current=False)
+
+    @app.task(name=TASK_NAME)
+    def impostor(x: Any) -> None: ...
+
+    app.finalize()
+    with pytest.raises(ConfigurationError, match="not multistep's"):
+        multistep_celery.attach(app)
+
+
+@pytest.mark.usefixtures("rabbitmq_service")
+def test_amqp_enqueue_and_purge() -> None:
+    backend = backend_from_url(AMQP, store="redis://127.0.0.1:6379/14", prefix=_prefix())
+    q = backend.queue
+    assert isinstance(q, CeleryQueue)
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    try:
+        q.enqueue(queue, [json.dumps({"i": i}) for i in range(300)])
+        q.publish_raw(queue, "raw")
+        with q.app.connection_for_write() as conn:
+            ch = conn.default_channel
+            deadline = time.monotonic() + 5
+            n = 0
+            while time.monotonic() < deadline:
+                n = ch.queue_declare(q.cq(queue), passive=True).message_count
+                if n == 301:
+                    break
+                time.sleep(0.05)
+            assert n == 301
+            m = ch.basic_get(q.cq(queue), no_ack=True)
+            assert m.headers["task"] == TASK_NAME and m.properties["content_type"] == "application/json"
+            assert json.loads(m.body)[0] == ['{"i": 0}']
+            assert q.purge(queue) == 300
+            ch.queue_delete(q.cq(queue))
+    finally:
+        backend.close()
+
+
+# -- real workers ------------------------------------------------------------------------
+def _start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    out = open(log, "wb")
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    full_env.update(env or {})
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=full_env, cwd=HERE)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while b" ready." not in log.read_bytes():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> int:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"worker did not stop on SIGTERM\n{log.read_text()}") from None
+
+
+@pytest.mark.usefixtures("redis_service")
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_worker_processes_build_the_backend_once_and_recovery_runs_in_the_main_process(
+    pool: str, tmp_path: Path, user_app: Any
+) -> None:
+    import celery_jobs
+
+    prefix = _prefix()
+    url = f"{REDIS}?prefix={prefix}&pool={pool}&lease=5"
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "worker.log"
+    cmd = [sys.executable, "-m", "multistep_core", "--backend", url, "worker", "celery_jobs", "-q", queue, "-c", "2"]
+    proc = _start(cmd, log)
+    backend = backend_from_url(REDIS, prefix=prefix, lease=5)
+    journal = tmp_path / "journal"
+    try:
+        _wait_ready(proc, log)
+        with backend.create_task(queue=queue) as task:
+            task.add_jobs(celery_jobs.where, [(str(journal), f"j{i}") for i in range(12)])
+        assert task.wait(timeout=60).state == "succeeded", log.read_text()
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert len(lines) == 12
+        by_pid: dict[int, set[int]] = {}
+        for line in lines:
+            by_pid.setdefault(line["pid"], set()).add(line["backend"])
+            assert line["built_in"] == line["pid"]  # built in the process that uses it
+        assert all(len(ids) == 1 for ids in by_pid.values())  # once per process
+        if pool == "prefork":
+            assert proc.pid not in by_pid and len(by_pid) <= 2
+            assert all("multistep-recovery" not in line["threads"] for line in lines)
+        else:
+            assert set(by_pid) == {proc.pid}
+            assert all("multistep-recovery" in line["threads"] for line in lines)
+    finally:
+        code = _stop(proc, log)
+        backend.close()
+    assert code == 0, log.read_text()
+    if pool == "prefork":
+        assert b"multistep-recovery" not in log.read_bytes()
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_plain_celery_worker_of_an_attached_app_runs_jobs(tmp_path: Path, user_app: Any) -> None:
+    import celery_jobs
+
+    prefix = _prefix()
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "worker.log"
+    env = {"CELERYTEST_BACKEND": f"celery?prefix={prefix}&lease=5"}
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "celery_user_app:app", "worker", "-Q", f"multistep.{queue}",
+        "-P", "threads", "-c", "2", "-l", "INFO", "--without-mingle", "--without-gossip", "-n", f"plain-{prefix}@%h",
+    ]
+    proc = _start(cmd, log, env)
+    backend = backend_from_url("celery", celery_app=user_app, prefix=prefix, lease=5)
+    journal = tmp_path / "journal"
+    try:
+        _wait_ready(proc, log)
+        with backend.create_task(queue=queue) as task:
+            task.add_jobs(celery_jobs.where, [(str(journal), f"j{i}") for i in range(4)])
+            task.add_finalization_job(celery_jobs.where, str(journal), "fin")
+        assert task.wait(timeout=60).state == "succeeded", log.read_text()
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert [line["label"] for line in lines][-1] == "fin"
+        assert {line["pid"] for line in lines} == {proc.pid}
+        assert all("multistep-recovery" in line["threads"] for line in lines)  # started on worker_ready
+    finally:
+        _stop(proc, log)
+        backend.close()
