@@ -245,6 +245,25 @@ class QueueBench:
                "benchmarks.jobs_module", "-q", self.ms_q, "-c", str(self.args.concurrency)]
         return Workers(f"{self.name}-multistep", cmd, self.env, self.args.workers, self.logdir)
 
+    workers: Workers | None = None
+
+    def wait(self, pred: Callable[[], Any], timeout: float, interval: float = 0.005) -> Any:
+        """``wait_for``, giving up early if a worker process died."""
+        dead = {"v": False}
+
+        def check() -> Any:
+            v = pred()
+            if not v and self.workers is not None and not self.workers.alive():
+                dead["v"] = True
+                return True
+            return v
+
+        v = wait_for(check, timeout, interval)
+        if dead["v"]:
+            log(f"{self.name}: a worker process died; see {self.logdir}")
+            return None
+        return v
+
     def reset_marks(self) -> None:
         self.r.delete(common.COUNT, common.LAST_END, common.CALLBACK)
 
@@ -272,7 +291,7 @@ class QueueBench:
             self.raw_enqueue(n)
             enq = time.time() - t0
             bmem = self.broker_memory() if self.args.broker_memory else None
-            done = wait_for(lambda: self.count() >= n, timeout)
+            done = self.wait(lambda: self.count() >= n, timeout)
         end = self.last_end()
         return Run(enq, (end - t0) if done and end else None, n, None, mon.delta, bmem)
 
@@ -283,7 +302,7 @@ class QueueBench:
             self.native_enqueue(n)
             enq = time.time() - t0
             bmem = self.broker_memory() if self.args.broker_memory else None
-            cb = wait_for(self.callback_mark, timeout, 0.002)
+            cb = self.wait(self.callback_mark, timeout, 0.002)
         if cb is None:
             return Run(enq, None, n, None, mon.delta, bmem, {"jobs_done": self.count(), "timeout_s": timeout})
         end = self.last_end()
@@ -303,7 +322,7 @@ class QueueBench:
                 task.add_finalization_job(jobs_module.final)
             enq = time.time() - t0
             bmem = self.broker_memory() if self.args.broker_memory else None
-            cb = wait_for(self.callback_mark, timeout, 0.002)
+            cb = self.wait(self.callback_mark, timeout, 0.002)
             state = None
             if cb is not None:
                 with contextlib.suppress(Exception):
@@ -556,10 +575,10 @@ def bench_queue(name: str, n: int, args: argparse.Namespace, logdir: Path) -> di
     sides = set(args.sides)
     if sides & {"raw", "native"}:
         with b.queue_workers() as w:
+            b.workers = w
             if "raw" in sides:
                 b.run_raw(min(20, n), 60)  # warm-up: workers up, imports done
                 for k in range(args.repeat):
-                    flush(b)
                     log(f"{name}: raw {n} jobs, run {k + 1}/{args.repeat}")
                     raw.append(b.run_raw(n, args.timeout))
                     log(f"{name}: raw {raw[-1]}")
@@ -567,7 +586,6 @@ def bench_queue(name: str, n: int, args: argparse.Namespace, logdir: Path) -> di
                 if "raw" not in sides:
                     b.run_raw(min(20, n), 60)
                 for k in range(args.repeat):
-                    flush(b)
                     log(f"{name}: native {nn} jobs, run {k + 1}/{args.repeat}")
                     native.append(b.run_native(nn, args.native_timeout))
                     log(f"{name}: native {native[-1]}")
@@ -576,26 +594,27 @@ def bench_queue(name: str, n: int, args: argparse.Namespace, logdir: Path) -> di
                         break
             if not w.alive():
                 log(f"{name}: a queue worker died; see {logdir}")
+        b.workers = None
         flush(b)
     pm = args.per_message
     if sides & {"multistep", "multistep1"}:
         backend = connect(b.multistep_url())
         try:
             with b.multistep_workers() as w:
+                b.workers = w
                 b.run_multistep(backend, min(20, n), 60, "warm", pm)
                 for k in range(args.repeat):
                     if "multistep" in sides:
-                        flush(b)
                         log(f"{name}: multistep {n} jobs ({pm} per message), run {k + 1}/{args.repeat}")
                         ms.append(b.run_multistep(backend, n, args.timeout, str(k), pm))
                         log(f"{name}: multistep {ms[-1]}")
                     if "multistep1" in sides and pm != 1:
-                        flush(b)
                         log(f"{name}: multistep {n} jobs (1 per message), run {k + 1}/{args.repeat}")
                         ms1.append(b.run_multistep(backend, n, args.timeout, f"one{k}", 1))
                         log(f"{name}: multistep (1 per message) {ms1[-1]}")
                 if not w.alive():
                     log(f"{name}: a multistep worker died; see {logdir}")
+            b.workers = None
             create: dict[str, Any] = {}
             for size in ([args.create] if args.create else []) + ([1_000_000] if args.million else []):
                 flush(b)
