@@ -1,5 +1,6 @@
 """The shared conformance suite on RQ, with real `multistep worker` processes running RQ workers
-(two workers of two RQ worker processes each). Redis DB 15 is RQ's in the project's test run."""
+(two workers of two RQ worker processes each), with the default non-forking worker class and
+with RQ's forking Worker. Redis DB 15 is RQ's in the project's test run."""
 
 from __future__ import annotations
 
@@ -19,3 +20,8 @@ class TestRQStore(StoreTests):
 @pytest.mark.usefixtures("redis_service")
 class TestRQ(BackendTests):
     backend_string = RQ
+
+
+@pytest.mark.usefixtures("redis_service")
+class TestRQForkingWorker(BackendTests):
+    backend_string = RQ + "?worker_class=fork"
