@@ -1,5 +1,5 @@
 """An application's own Celery app, attached to multistep (for tests/test_celery_adapter.py):
-``celery -A celery_user_app worker -Q multistep.default`` runs multistep jobs too."""
+``celery -A celery_user_app worker -Q multistep.celery.default`` runs multistep jobs too."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def test_wire_format_is_json_and_names_the_one_task() -> None:
         q.enqueue(queue, bodies)
         q.publish_raw(queue, "not json at all")
         client = redis.Redis.from_url("redis://127.0.0.1:6379/14")
-        msgs = _redis_messages(client, f"multistep.{queue}")
+        msgs = _redis_messages(client, f"multistep.celery.{queue}")
         assert len(msgs) == 2501
         assert {m["content-type"] for m in msgs} == {"application/json"}  # JSON, never pickle
         assert {m["headers"]["task"] for m in msgs} == {TASK_NAME}
@@ -122,7 +122,7 @@ def test_wire_format_is_json_and_names_the_one_task() -> None:
         assert args == [[b] for b in bodies] + [["not json at all"]]
         assert len({m["headers"]["id"] for m in msgs}) == 2501
         assert q.purge(queue) == 2501
-        assert client.llen(f"multistep.{queue}") == 0
+        assert client.llen(f"multistep.celery.{queue}") == 0
     finally:
         backend.close()
 
@@ -167,7 +167,7 @@ def test_a_user_app_is_used_unchanged_and_publishes_json(user_app: Any) -> None:
         assert backend.name == "celery+redis"
         # the app's own pickle serializer is not used for multistep's messages
         q.enqueue(queue, ['{"v":1}'])
-        (msg,) = _redis_messages(redis.Redis.from_url("redis://127.0.0.1:6379/14"), f"multistep.{queue}")
+        (msg,) = _redis_messages(redis.Redis.from_url("redis://127.0.0.1:6379/14"), f"multistep.celery.{queue}")
         assert msg["content-type"] == "application/json" and msg["headers"]["task"] == TASK_NAME
         assert dict(user_app.conf.broker_transport_options or {}) == before  # nothing app-wide changed
         assert user_app.conf.task_serializer == "pickle"
@@ -217,7 +217,13 @@ def test_amqp_enqueue_and_purge() -> None:
             assert json.loads(m.body)[0] == ['{"i": 0}']
             assert q.purge(queue) == 300
             ch.queue_delete(q.cq(queue))
+            # a queue of that name declared by another program with other arguments: a clear error
+            ch.queue_declare(q.cq(queue + "x"), durable=True, arguments={"x-dead-letter-exchange": ""})
+        with pytest.raises(ConfigurationError, match=r"exists with other arguments.*queue_prefix"):
+            q.enqueue(queue + "x", ['{"i": 1}'])
     finally:
+        with q.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(q.cq(queue + "x"))
         backend.close()
 
 
@@ -297,7 +303,7 @@ def test_a_plain_celery_worker_of_an_attached_app_runs_jobs(tmp_path: Path, user
     log = tmp_path / "worker.log"
     env = {"CELERYTEST_BACKEND": f"celery?prefix={prefix}&lease=5"}
     cmd = [
-        sys.executable, "-m", "celery", "-A", "celery_user_app:app", "worker", "-Q", f"multistep.{queue}",
+        sys.executable, "-m", "celery", "-A", "celery_user_app:app", "worker", "-Q", f"multistep.celery.{queue}",
         "-P", "threads", "-c", "2", "-l", "INFO", "--without-mingle", "--without-gossip", "-n", f"plain-{prefix}@%h",
     ]
     proc = _start(cmd, log, env)

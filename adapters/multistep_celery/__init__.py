@@ -17,7 +17,7 @@ How messages travel
     One Celery task, ``multistep.run``, carries every multistep message (a small JSON text) as
     its only argument and hands it to the core's runner, which records the outcome. The task
     is sent and accepted as JSON only (``serializer="json"``; the adapter's own app accepts
-    nothing but JSON). A multistep queue ``q`` is the Celery queue ``multistep.q``
+    nothing but JSON). A multistep queue ``q`` is the Celery queue ``multistep.celery.q``
     (``queue_prefix``), so multistep never shares a queue with an application's own tasks.
     Counting, retries, fan-in and ordering are the core's: no chord, no Celery retry, no
     result backend is involved.
@@ -32,7 +32,7 @@ Your own Celery app
     or name it in the backend string (``celery_app=proj.celery:app``). The app's broker is
     used (a backend string that names another broker is an error). ``attach`` changes no
     app-wide setting: the task-level settings below are set on ``multistep.run`` only. Your
-    own ``celery -A proj worker -Q multistep.default`` then runs multistep jobs too (it builds
+    own ``celery -A proj worker -Q multistep.celery.default`` then runs multistep jobs too (it builds
     the multistep backend lazily, once per process, from ``attach(app, "celery+redis://...")``
     or from ``$MULTISTEP_BACKEND``, and starts the core's recovery thread in its main process);
     ``multistep worker`` is the recommended way, since it applies the worker settings below.
@@ -108,7 +108,8 @@ Workers (``multistep worker``)
 Options (query string or keyword arguments): ``store`` (store URL; default: the broker's
 Redis for ``celery+redis``, else ``$MULTISTEP_STORE``, else ``redis://127.0.0.1:6379/0``;
 ``sqlite:///path`` also works), ``prefix`` (store key prefix, ``ms``), ``lease`` (seconds, 30),
-``celery_app`` (``package.module:app`` of your own app), ``queue_prefix`` (``multistep.``),
+``celery_app`` (``package.module:app`` of your own app), ``queue_prefix`` (``multistep.celery.``;
+not ``multistep.``, which the Dramatiq adapter uses on RabbitMQ with other queue arguments),
 ``pool`` (``prefork`` | ``threads`` | ``solo``), ``visibility_timeout`` (Redis, seconds, 10),
 ``restore_interval`` (Redis, seconds between unacked sweeps, 1), ``heartbeat`` (AMQP, seconds),
 ``loglevel`` (worker logging, ``INFO``), ``max_tasks_per_child`` (prefork).
@@ -116,6 +117,7 @@ Redis for ``celery+redis``, else ``$MULTISTEP_STORE``, else ``redis://127.0.0.1:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -123,7 +125,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -139,7 +141,7 @@ log = logging.getLogger("multistep.celery")
 #: The one Celery task that carries every multistep message.
 TASK_NAME = "multistep.run"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-DEFAULT_QUEUE_PREFIX = "multistep."
+DEFAULT_QUEUE_PREFIX = "multistep.celery."
 DEFAULT_VISIBILITY_TIMEOUT = 10.0
 DEFAULT_RESTORE_INTERVAL = 1.0
 PIP_HINT = 'pip install "multistep[celery]"'
@@ -489,7 +491,7 @@ class CeleryQueue(Queue):
         try:
             import amqp
 
-            errs += [amqp.exceptions.ConnectionError, amqp.exceptions.ChannelError]
+            errs += [amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableConnectionError]
         except ImportError:  # pragma: no cover
             pass
         return tuple(errs)
@@ -519,6 +521,17 @@ class CeleryQueue(Queue):
             self._send(queue, messages)
         except self._conn_errors as exc:
             raise self._conn_error(exc) from None
+        except Exception as exc:
+            raise self._declare_error(exc, queue) from exc
+
+    def _declare_error(self, exc: Exception, queue: str) -> Exception:
+        if type(exc).__name__ == "PreconditionFailed":  # amqp: the queue exists with other arguments
+            return ConfigurationError(
+                f"the RabbitMQ queue {self.cq(queue)!r} exists with other arguments ({exc}); another program "
+                "declared it: set queue_prefix= to "
+                "give multistep's Celery queues other names"
+            )
+        return exc
 
     def _send(self, queue: str, bodies: Sequence[str]) -> None:
         """Publish every body as one ``multistep.run`` task message through ONE producer (one
@@ -533,11 +546,13 @@ class CeleryQueue(Queue):
         create = amqp.create_task_message
         origin = f"multistep@{socket.gethostname()}"
         with app.producer_or_acquire() as producer:
+            if self.kind == "redis":
+                _reuse_redis_client(producer.channel)
             declare = [cqueue] if (qname, id(producer.channel)) not in self._declared else []
             for i in range(0, len(bodies), CHUNK):
                 chunk = bodies[i : i + CHUNK]
-                batch = producer.batch(max_size=CHUNK * 2) if self.kind == "redis" else _nullcontext()
-                with batch:
+                batched = self.kind == "redis" and len(chunk) > 1 and hasattr(producer, "batch")  # kombu >= 5.7
+                with producer.batch(max_size=CHUNK * 2) if batched else contextlib.nullcontext():
                     for body in chunk:
                         tid = str(uuid.uuid4())
                         msg = create(
@@ -567,6 +582,8 @@ class CeleryQueue(Queue):
                 return int(bound.purge() or 0)
         except self._conn_errors as exc:
             raise self._conn_error(exc) from None
+        except Exception as exc:
+            raise self._declare_error(exc, queue) from exc
 
     # -- workers -----------------------------------------------------------------------
     def run_worker(self, modules: Sequence[str], queues: Sequence[str], concurrency: int) -> int:
@@ -637,12 +654,21 @@ class CeleryQueue(Queue):
             log.debug("closing the Celery connections failed", exc_info=True)
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
+def _reuse_redis_client(channel: Any) -> None:
+    """kombu's Redis channel builds a new ``redis.Redis`` client object for every publish (and
+    every publish batch), about half of a single message's cost. A producer's channel is used
+    by one thread at a time (the producer is held exclusively), so give it one client, on the
+    same connection pool, for all its publishes."""
+    if channel.__dict__.get("_multistep_client") is not None or not hasattr(channel, "_create_client"):
+        return
+    client = channel._create_client()
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    @contextlib.contextmanager
+    def conn_or_acquire(client_: Any = None) -> Iterator[Any]:
+        yield client_ or client
+
+    channel.conn_or_acquire = conn_or_acquire
+    channel._multistep_client = client
 
 
 _apps: dict[tuple[str, float, float, Any], Any] = {}
