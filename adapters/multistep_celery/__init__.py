@@ -396,6 +396,10 @@ def make_app(broker: str, *, visibility_timeout: float = DEFAULT_VISIBILITY_TIME
     kind = _kind_of(broker)
     app = celery.Celery("multistep", broker=broker, set_as_current=False)
     conf: dict[str, Any] = {
+        # $CELERY_BROKER_URL would override broker_url (Celery 5.7 reads the environment first):
+        # the backend string must decide, so pin the read and write URLs too.
+        "broker_read_url": broker,
+        "broker_write_url": broker,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -462,7 +466,7 @@ class CeleryQueue(Queue):
         self.loglevel = str(loglevel)
         self.max_tasks_per_child = max_tasks_per_child
         self.worker_transport_options = worker_transport_options or {}
-        self.broker = str(app.conf.broker_url or "")
+        self.broker = str(app.conf.broker_write_url or app.conf.broker_url or "")
         self.kind = _kind_of(self.broker) if self.broker else "redis"
         self.where = _redact(self.broker) or "the Celery app's default broker"
         self.task = register_task(app)
