@@ -14,7 +14,9 @@ RQ = "rq+redis://127.0.0.1:6379/15"
 
 @pytest.mark.usefixtures("redis_service")
 class TestRQStore(StoreTests):
-    backend_string = RQ
+    # Its own store prefix: the Recovery threads of the workers started by the classes below
+    # must not pick up the store-level tests' tasks and send them to a queue nobody serves.
+    backend_string = RQ + "?prefix=msstore"
 
 
 @pytest.mark.usefixtures("redis_service")
