@@ -62,9 +62,13 @@ def fail_unless_file(path: str, label: str, flag: str) -> None:
 
 
 @job(name="conformance.always_fail")
-def always_fail(path: str, label: str, seconds: float = 0.0) -> None:
+def always_fail(path: str, label: str, seconds: float = 0.0, gate: str | None = None) -> None:
+    """Fail, after ``seconds`` and once ``gate`` (a file) exists, if given."""
     if seconds:
         time.sleep(seconds)
+    deadline = time.monotonic() + 120
+    while gate is not None and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
     note(path, label)
     raise ValueError(f"boom {label}")
 

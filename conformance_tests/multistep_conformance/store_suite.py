@@ -26,8 +26,15 @@ LEASE = 5.0
 SPEC = '{"fn":"conformance.ping","args":[]}'
 
 
+_created: list[str] = []
+
+
 def fresh_id(prefix: str = "st") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+    """A new task id, remembered so the class deletes its tasks when it is done (left behind,
+    their leases would be recovered by the workers of later tests)."""
+    tid = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    _created.append(tid)
+    return tid
 
 
 def err(ref: str, attempt: int) -> Failure:
@@ -51,6 +58,8 @@ class StoreTests:
         try:
             yield backend.store
         finally:
+            while _created:
+                backend.store.delete(_created.pop())
             backend.close()
 
     def _task(self, store: Store, n: int = 1, fins: int = 0, **opts: Any) -> str:

@@ -189,12 +189,13 @@ class BackendTests:
     def test_policy_fail_fast_fails_at_the_first_failure_and_skips_the_rest(
         self, harness: Harness, journal: Journal
     ) -> None:
-        # Given a failing job followed by many slow ones
+        # Given a job that fails once the task is built, followed by many slow ones
+        gate = journal.flag("built")
         with harness.task(policy="fail_fast") as task:
-            task.add_job(jobs.always_fail, journal.path, "bad", 0.2)
-            for i in range(60):
-                task.add_job(jobs.record, journal.path, f"slow{i}", 0.05)
+            task.add_job(jobs.always_fail, journal.path, "bad", 0.0, gate)
+            task.add_jobs(jobs.record, [(journal.path, f"slow{i}", 0.05) for i in range(60)])
             task.add_finalization_job(jobs.record, journal.path, "fin")
+        open(gate, "w").close()
         # Then the task fails without waiting for them, and most never start
         p = self._wait(task, harness, timeout=30)
         assert p.state == TaskState.FAILED
