@@ -322,3 +322,21 @@ def test_a_plain_celery_worker_of_an_attached_app_runs_jobs(tmp_path: Path, user
     finally:
         _stop(proc, log)
         backend.close()
+
+
+def test_a_message_whose_handling_fails_goes_back_to_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runner raises only when the store (or broker) is unreachable; the message must be
+    # requeued, not acknowledged away.
+    from celery.exceptions import Reject
+
+    class Down:
+        class runner:
+            @staticmethod
+            def handle(body: Any) -> str:
+                raise ConnectionError("store unreachable")
+
+    monkeypatch.setattr(multistep_celery, "get_backend", lambda: Down)
+    monkeypatch.setattr(multistep_celery, "REQUEUE_DELAY", 0.0)
+    with pytest.raises(Reject) as info:
+        multistep_celery.run('{"v":1,"task":"t","ref":"j0"}')
+    assert info.value.requeue is True and "store unreachable" in str(info.value.reason)

@@ -42,9 +42,10 @@ Celery settings the adapter relies on (and why)
 
     * ``acks_late=True``: the message is acknowledged after the runner returned, so a worker
       that dies mid-job leaves it unacknowledged and the broker delivers it again
-      (at-least-once). ``acks_on_failure_or_timeout=True``: the runner never raises for a
-      job's failure (it records it); if the store itself was unreachable the message is
-      acknowledged anyway and the core's recovery re-sends the job after its lease.
+      (at-least-once). The runner never raises for a job's failure (it records it); if it
+      raises because the store or the broker was unreachable, the task raises Celery's
+      ``Reject(requeue=True)`` after a 1 s pause, so the message goes back to its queue
+      instead of being dropped.
     * ``reject_on_worker_lost=True``: when a prefork child dies mid-job (SIGKILL, segfault,
       OOM) Celery requeues the message instead of acknowledging it as failed.
     * ``ignore_result=True``: no result backend is needed or written for multistep's
@@ -124,6 +125,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -151,6 +153,7 @@ KNOWN_OPTIONS = {
     "restore_interval", "heartbeat", "loglevel", "max_tasks_per_child",
 }
 CHUNK = 1000  # messages per Redis pipeline flush
+REQUEUE_DELAY = 1.0  # seconds before a message whose handling failed (store unreachable) is requeued
 #: Task-level settings of ``multistep.run`` (see the module documentation for why).
 TASK_OPTIONS: dict[str, Any] = {
     "acks_late": True,
@@ -289,7 +292,19 @@ def run(*args: Any, **kwargs: Any) -> None:
         body: Any = args[0]
     else:
         body = json.dumps({"args": list(args), "kwargs": kwargs}, default=repr)
-    get_backend().runner.handle(body)
+    try:
+        get_backend().runner.handle(body)
+    except Exception as exc:
+        # Only infrastructure fails here (the store or the broker unreachable): the runner
+        # records every job's own failure. Put the message back instead of dropping it (a
+        # job that never got its lease would have nothing else to bring it back), after a
+        # pause so an outage is not a hot loop.
+        from celery.exceptions import Reject
+
+        log.error("multistep could not handle %.200r (%s: %s); requeueing it in %.0f s",
+                  body, type(exc).__name__, exc, REQUEUE_DELAY)
+        time.sleep(REQUEUE_DELAY)
+        raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
 
 
 def register_task(app: Any) -> Any:
@@ -472,6 +487,7 @@ class CeleryQueue(Queue):
         self.task = register_task(app)
         self._conn_errors = self._driver_errors()
         self._declared: set[tuple[str, int]] = set()
+        self._origin = f"multistep-{os.getpid()}@{socket.gethostname()}"
         self._runner: Any = None
         self._closed = False
         if own_app:
@@ -538,35 +554,61 @@ class CeleryQueue(Queue):
         return exc
 
     def _send(self, queue: str, bodies: Sequence[str]) -> None:
-        """Publish every body as one ``multistep.run`` task message through ONE producer (one
-        connection and channel from the app's pool): on Redis inside kombu's publish batch
-        (one pipelined round trip per ``CHUNK`` messages), on RabbitMQ as back-to-back
-        ``basic.publish`` frames on one channel. Celery's publish signals still fire."""
+        """Publish every body as one ``multistep.run`` task message (Celery protocol 2, JSON)
+        through ONE producer (one connection and channel from the app's pool), the queue
+        declared once per channel: on Redis inside kombu's publish batch (one pipelined round
+        trip per ``CHUNK`` messages), on RabbitMQ as ``basic.publish`` frames written to the
+        socket once per chunk. When an application listens to Celery's
+        ``before_task_publish``/``after_task_publish`` signals (tracing, header injection),
+        messages go through Celery's own ``send_task_message`` so the signals fire."""
+        from celery import signals
+
         app = self.app
         amqp = app.amqp
         qname = self.cq(queue)
         cqueue = amqp.queues[qname]  # created (direct exchange, durable) if missing
-        send = amqp.send_task_message
-        create = amqp.create_task_message
-        origin = f"multistep@{socket.gethostname()}"
+        celery_path = bool(signals.before_task_publish.receivers or signals.after_task_publish.receivers)
         with app.producer_or_acquire() as producer:
             if self.kind == "redis":
                 _reuse_redis_client(producer.channel)
-            declare = [cqueue] if (qname, id(producer.channel)) not in self._declared else []
+            key = (qname, id(producer.channel))
+            if key not in self._declared:
+                producer.maybe_declare(cqueue)
+                self._declared.add(key)
+            publish = self._publish_via_celery if celery_path else self._publish_one
             for i in range(0, len(bodies), CHUNK):
                 chunk = bodies[i : i + CHUNK]
-                batched = self.kind == "redis" and len(chunk) > 1 and hasattr(producer, "batch")  # kombu >= 5.7
-                with producer.batch(max_size=CHUNK * 2) if batched else contextlib.nullcontext():
+                many = len(chunk) > 1
+                if self.kind == "redis":
+                    batch: Any = producer.batch(max_size=CHUNK * 2) if many and hasattr(producer, "batch") else None
+                else:
+                    batch = _coalesced_writes(producer.channel) if many else None
+                with batch if batch is not None else contextlib.nullcontext():
                     for body in chunk:
-                        tid = str(uuid.uuid4())
-                        msg = create(
-                            tid, TASK_NAME, (body,), {}, ignore_result=True,
-                            argsrepr=f"({body!r},)", kwargsrepr="{}", origin=origin,
-                        )
-                        send(producer, TASK_NAME, msg, queue=qname, serializer="json", retry=False, declare=declare)
-                        if declare:
-                            declare = []
-                            self._declared.add((qname, id(producer.channel)))
+                        publish(producer, qname, body)
+
+    def _publish_one(self, producer: Any, qname: str, body: str) -> None:
+        """What ``apply_async`` would send, built directly (no signals, no per-call routing)."""
+        tid = str(uuid.uuid4())
+        headers = {
+            "lang": "py", "task": TASK_NAME, "id": tid, "shadow": None, "eta": None, "expires": None,
+            "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
+            "root_id": tid, "parent_id": None, "argsrepr": f"({body!r},)", "kwargsrepr": "{}",
+            "origin": self._origin, "ignore_result": True,
+        }
+        producer.publish(
+            [[body], {}, _EMBED], exchange="", routing_key=qname, serializer="json", headers=headers,
+            correlation_id=tid, reply_to="", delivery_mode=2, retry=False,
+        )
+
+    def _publish_via_celery(self, producer: Any, qname: str, body: str) -> None:
+        amqp = self.app.amqp
+        tid = str(uuid.uuid4())
+        msg = amqp.create_task_message(
+            tid, TASK_NAME, (body,), {}, ignore_result=True, argsrepr=f"({body!r},)", kwargsrepr="{}",
+            origin=self._origin,
+        )
+        amqp.send_task_message(producer, TASK_NAME, msg, queue=qname, serializer="json", retry=False, declare=[])
 
     def publish_raw(self, queue: str, body: str) -> None:
         """Send ``body`` as the argument of ``multistep.run`` to the real queue, one message,
@@ -656,6 +698,30 @@ class CeleryQueue(Queue):
             self.app.amqp._producer_pool = None
         except Exception:  # pragma: no cover - closing must not raise
             log.debug("closing the Celery connections failed", exc_info=True)
+
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@contextlib.contextmanager
+def _coalesced_writes(channel: Any) -> Iterator[None]:
+    """py-amqp writes every published message to the socket with its own ``sendall``
+    (``transport._write``); collect the frames of a chunk and write them at once (the producer
+    holds its connection exclusively, and nothing in the chunk waits for a reply). Frames are
+    copied: py-amqp hands over a view of a buffer it reuses."""
+    transport = getattr(getattr(channel, "connection", None), "transport", None)
+    write = vars(transport).get("_write") if transport is not None else None
+    if write is None or not callable(write):
+        yield
+        return
+    frames: list[bytes] = []
+    transport._write = lambda data: frames.append(bytes(data))
+    try:
+        yield
+    finally:
+        transport._write = write
+        if frames:
+            transport.write(b"".join(frames))
 
 
 def _reuse_redis_client(channel: Any) -> None:
