@@ -340,3 +340,30 @@ def test_a_message_whose_handling_fails_goes_back_to_the_queue(monkeypatch: pyte
     with pytest.raises(Reject) as info:
         multistep_celery.run('{"v":1,"task":"t","ref":"j0"}')
     assert info.value.requeue is True and "store unreachable" in str(info.value.reason)
+
+
+@pytest.mark.usefixtures("rabbitmq_service")
+def test_a_dead_pooled_connection_is_replaced_and_nothing_is_lost() -> None:
+    import socket
+
+    backend = backend_from_url(AMQP, store="redis://127.0.0.1:6379/14", prefix=_prefix())
+    q = backend.queue
+    assert isinstance(q, CeleryQueue)
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    try:
+        q.enqueue(queue, ['{"a":0}'])
+        time.sleep(0.2)
+        for n in (1, 500):  # single publish, and a chunk written at once
+            with q.app.producer_or_acquire() as p:  # the broker (or a firewall) drops the idle connection
+                p.connection.connection.transport.sock.shutdown(socket.SHUT_RDWR)
+            time.sleep(0.2)
+            q.enqueue(queue, ['{"a":1}'] * n)
+        with q.app.connection_for_write() as conn:
+            ch = conn.default_channel
+            deadline = time.monotonic() + 5
+            while (n := ch.queue_declare(q.cq(queue), passive=True).message_count) < 502 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert n == 502
+            ch.queue_delete(q.cq(queue))
+    finally:
+        backend.close()

@@ -1,6 +1,7 @@
 """The shared conformance suite on Celery, with real `multistep worker` processes (each a Celery
-worker with a prefork pool), on both brokers. Redis DB 14 is Celery's; the RabbitMQ variant
-keeps its state in the same DB under another key prefix so the two runs never collide."""
+worker, prefork pool by default), on both brokers, and once with the threads pool. Redis DB 14 is
+Celery's; the RabbitMQ variant keeps its state in the same DB under another key prefix so the
+runs never collide."""
 
 from __future__ import annotations
 
@@ -15,12 +16,19 @@ AMQP = "celery+amqp://guest:guest@127.0.0.1:5672//?store=redis://127.0.0.1:6379/
 
 @pytest.mark.usefixtures("redis_service")
 class TestCeleryRedisStore(StoreTests):
-    backend_string = REDIS
+    # Its own store prefix: the Recovery threads of the workers started by the classes below
+    # must not pick up the store-level tests' tasks and send them to a queue nobody serves.
+    backend_string = REDIS + "?prefix=msstore"
 
 
 @pytest.mark.usefixtures("redis_service")
 class TestCeleryRedis(BackendTests):
     backend_string = REDIS
+
+
+@pytest.mark.usefixtures("redis_service")
+class TestCeleryRedisThreadsPool(BackendTests):
+    backend_string = REDIS + "?pool=threads&prefix=msthreads"
 
 
 @pytest.mark.usefixtures("redis_service", "rabbitmq_service")

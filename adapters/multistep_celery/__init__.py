@@ -537,12 +537,21 @@ class CeleryQueue(Queue):
     def enqueue(self, queue: str, messages: Sequence[str]) -> None:
         if not messages:
             return
-        try:
-            self._send(queue, messages)
-        except self._conn_errors as exc:
-            raise self._conn_error(exc) from None
-        except Exception as exc:
-            raise self._declare_error(exc, queue) from exc
+        for attempt in (1, 2):
+            try:
+                self._send(queue, messages)
+                return
+            except _StaleConnection as stale:
+                # A pooled connection that had been open died (broker restart, idle timeout,
+                # heartbeat): send again once on a fresh one. Messages may go twice; counting
+                # is per job ref.
+                if attempt == 2:
+                    raise self._conn_error(stale.__cause__ or stale) from None
+                log.warning("publishing to %s failed on a pooled connection (%s); sending again", self.where, stale.__cause__)
+            except self._conn_errors as exc:
+                raise self._conn_error(exc) from None
+            except Exception as exc:
+                raise self._declare_error(exc, queue) from exc
 
     def _declare_error(self, exc: Exception, queue: str) -> Exception:
         if type(exc).__name__ == "PreconditionFailed":  # amqp: the queue exists with other arguments
@@ -576,16 +585,24 @@ class CeleryQueue(Queue):
                 producer.maybe_declare(cqueue)
                 self._declared.add(key)
             publish = self._publish_via_celery if celery_path else self._publish_one
-            for i in range(0, len(bodies), CHUNK):
-                chunk = bodies[i : i + CHUNK]
-                many = len(chunk) > 1
-                if self.kind == "redis":
-                    batch: Any = producer.batch(max_size=CHUNK * 2) if many and hasattr(producer, "batch") else None
-                else:
-                    batch = _coalesced_writes(producer.channel) if many else None
-                with batch if batch is not None else contextlib.nullcontext():
-                    for body in chunk:
-                        publish(producer, qname, body)
+            try:
+                for i in range(0, len(bodies), CHUNK):
+                    chunk = bodies[i : i + CHUNK]
+                    many = len(chunk) > 1
+                    if self.kind == "redis":
+                        batch: Any = producer.batch(max_size=CHUNK * 2) if many and hasattr(producer, "batch") else None
+                    else:
+                        batch = _coalesced_writes(producer.channel) if many else None
+                    with batch if batch is not None else contextlib.nullcontext():
+                        for body in chunk:
+                            publish(producer, qname, body)
+            except (*self._conn_errors, *_batch_errors()) as exc:
+                self._declared.clear()
+                try:
+                    producer.connection.collect()  # drop the broken transport; the pool reconnects
+                except Exception:  # pragma: no cover
+                    pass
+                raise _StaleConnection(str(exc)) from exc
 
     def _publish_one(self, producer: Any, qname: str, body: str) -> None:
         """What ``apply_async`` would send, built directly (no signals, no per-call routing)."""
@@ -701,6 +718,18 @@ class CeleryQueue(Queue):
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+class _StaleConnection(Exception):
+    """Publishing failed on a connection that had been established."""
+
+
+def _batch_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from kombu.exceptions import BatchPublishError  # kombu >= 5.7
+    except ImportError:  # pragma: no cover
+        return ()
+    return (BatchPublishError,)
 
 
 @contextlib.contextmanager
