@@ -367,3 +367,19 @@ def test_a_dead_pooled_connection_is_replaced_and_nothing_is_lost() -> None:
             ch.queue_delete(q.cq(queue))
     finally:
         backend.close()
+
+
+@pytest.mark.usefixtures("rabbitmq_service")
+def test_publisher_confirms_on_request() -> None:
+    backend = backend_from_url(AMQP, store="redis://127.0.0.1:6379/14", prefix=_prefix(), confirm=True)
+    q = backend.queue
+    assert isinstance(q, CeleryQueue)
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    try:
+        assert q.app.conf.broker_transport_options == {"confirm_publish": True}
+        q.enqueue(queue, ['{"a":1}'] * 200)
+        with q.app.connection_for_write() as conn:  # confirmed: all there when enqueue returns
+            assert conn.default_channel.queue_declare(q.cq(queue), passive=True).message_count == 200
+            conn.default_channel.queue_delete(q.cq(queue))
+    finally:
+        backend.close()

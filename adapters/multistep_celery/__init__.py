@@ -22,6 +22,14 @@ How messages travel
     Counting, retries, fan-in and ordering are the core's: no chord, no Celery retry, no
     result backend is involved.
 
+    Adding jobs publishes them in bulk: one producer (one connection and channel from the
+    app's pool) per chunk, each message exactly the protocol-2 task message ``apply_async``
+    would send, built directly; on Redis 1000 ``LPUSH``es per pipelined round trip (kombu's
+    ``Producer.batch``), on RabbitMQ the frames of a chunk written with one ``sendall``.
+    (If the application listens to Celery's publish signals, Celery's own send path is used
+    so they fire.) A publish that fails on a pooled connection that had died is sent again
+    once on a fresh connection. ``confirm=true`` turns on RabbitMQ publisher confirms.
+
 Your own Celery app
     By default the adapter builds a private Celery app from the backend string. To use an
     app you already have, either call :func:`attach` once where the app is defined::
@@ -113,7 +121,9 @@ Redis for ``celery+redis``, else ``$MULTISTEP_STORE``, else ``redis://127.0.0.1:
 not ``multistep.``, which the Dramatiq adapter uses on RabbitMQ with other queue arguments),
 ``pool`` (``prefork`` | ``threads`` | ``solo``), ``visibility_timeout`` (Redis, seconds, 10),
 ``restore_interval`` (Redis, seconds between unacked sweeps, 1), ``heartbeat`` (AMQP, seconds),
-``loglevel`` (worker logging, ``INFO``), ``max_tasks_per_child`` (prefork).
+``loglevel`` (worker logging, ``INFO``), ``max_tasks_per_child`` (prefork), ``confirm`` (RabbitMQ
+publisher confirms: every publish waits for the broker, so a message the broker did not take
+raises instead of vanishing with a dying connection; several times slower).
 """
 
 from __future__ import annotations
@@ -150,7 +160,7 @@ PIP_HINT = 'pip install "multistep[celery]"'
 POOLS = ("prefork", "threads", "solo")
 KNOWN_OPTIONS = {
     "store", "prefix", "lease", "celery_app", "queue_prefix", "pool", "visibility_timeout",
-    "restore_interval", "heartbeat", "loglevel", "max_tasks_per_child",
+    "restore_interval", "heartbeat", "loglevel", "max_tasks_per_child", "confirm",
 }
 CHUNK = 1000  # messages per Redis pipeline flush
 REQUEUE_DELAY = 1.0  # seconds before a message whose handling failed (store unreachable) is requeued
@@ -405,7 +415,8 @@ def _load_app(target: Any) -> Any:
 
 
 def make_app(broker: str, *, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT,
-             restore_interval: float = DEFAULT_RESTORE_INTERVAL, heartbeat: float | None = None) -> Any:
+             restore_interval: float = DEFAULT_RESTORE_INTERVAL, heartbeat: float | None = None,
+             confirm: bool = False) -> Any:
     """The Celery app the adapter builds when you do not bring your own."""
     celery = _require_celery()
     kind = _kind_of(broker)
@@ -431,7 +442,7 @@ def make_app(broker: str, *, visibility_timeout: float = DEFAULT_VISIBILITY_TIME
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": True,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": transport_options(kind, visibility_timeout, restore_interval),
+        "broker_transport_options": transport_options(kind, visibility_timeout, restore_interval, confirm),
     }
     if kind == "redis":
         conf["worker_disable_prefetch"] = True
@@ -441,9 +452,9 @@ def make_app(broker: str, *, visibility_timeout: float = DEFAULT_VISIBILITY_TIME
     return app
 
 
-def transport_options(kind: str, visibility_timeout: float, restore_interval: float) -> dict[str, Any]:
+def transport_options(kind: str, visibility_timeout: float, restore_interval: float, confirm: bool = False) -> dict[str, Any]:
     if kind != "redis":
-        return {}
+        return {"confirm_publish": True} if confirm else {}
     return {
         "visibility_timeout": float(visibility_timeout),
         "unacked_restore_interval": float(restore_interval),
@@ -591,8 +602,8 @@ class CeleryQueue(Queue):
                     many = len(chunk) > 1
                     if self.kind == "redis":
                         batch: Any = producer.batch(max_size=CHUNK * 2) if many and hasattr(producer, "batch") else None
-                    else:
-                        batch = _coalesced_writes(producer.channel) if many else None
+                    else:  # with publisher confirms every publish waits for the broker: write each at once
+                        batch = _coalesced_writes(producer.channel) if many and not self._confirms() else None
                     with batch if batch is not None else contextlib.nullcontext():
                         for body in chunk:
                             publish(producer, qname, body)
@@ -603,6 +614,9 @@ class CeleryQueue(Queue):
                 except Exception:  # pragma: no cover
                     pass
                 raise _StaleConnection(str(exc)) from exc
+
+    def _confirms(self) -> bool:
+        return bool((self.app.conf.broker_transport_options or {}).get("confirm_publish"))
 
     def _publish_one(self, producer: Any, qname: str, body: str) -> None:
         """What ``apply_async`` would send, built directly (no signals, no per-call routing)."""
@@ -738,9 +752,9 @@ def _coalesced_writes(channel: Any) -> Iterator[None]:
     (``transport._write``); collect the frames of a chunk and write them at once (the producer
     holds its connection exclusively, and nothing in the chunk waits for a reply). Frames are
     copied: py-amqp hands over a view of a buffer it reuses."""
-    transport = getattr(getattr(channel, "connection", None), "transport", None)
+    transport: Any = getattr(getattr(channel, "connection", None), "transport", None)
     write = vars(transport).get("_write") if transport is not None else None
-    if write is None or not callable(write):
+    if transport is None or write is None or not callable(write):
         yield
         return
     frames: list[bytes] = []
@@ -770,7 +784,7 @@ def _reuse_redis_client(channel: Any) -> None:
     channel._multistep_client = client
 
 
-_apps: dict[tuple[str, float, float, Any], Any] = {}
+_apps: dict[tuple[str, float, float, Any, bool], Any] = {}
 _app_users: dict[int, int] = {}  # id(app) -> open queues using the adapter's own app
 
 
@@ -818,7 +832,8 @@ def backend_from_url(
         own = True
         if burl is None:
             kind, burl = "redis", DEFAULT_REDIS
-        key = (burl, float(vt or DEFAULT_VISIBILITY_TIMEOUT), float(ri or DEFAULT_RESTORE_INTERVAL), hb)
+        confirm = bool(opts.get("confirm", False))
+        key = (burl, float(vt or DEFAULT_VISIBILITY_TIMEOUT), float(ri or DEFAULT_RESTORE_INTERVAL), hb, confirm)
         app = _apps.get(key)
         if app is None:
             app = make_app(
@@ -826,6 +841,7 @@ def backend_from_url(
                 visibility_timeout=key[1],
                 restore_interval=key[2],
                 heartbeat=None if hb is None else float(hb),
+                confirm=confirm,
             )
             _apps[key] = app
     assert kind is not None and burl is not None
