@@ -26,3 +26,11 @@ def where(path: str, label: str) -> None:
     }
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+@job(name="celerytest.crash")
+def crash(path: str) -> None:
+    """Kill the process running the job (as a segfault or the OOM killer would)."""
+    with open(path, "a") as f:
+        f.write(f"crash {os.getpid()}\n")
+    os._exit(1)

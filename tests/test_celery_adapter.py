@@ -254,7 +254,7 @@ def _stop(proc: subprocess.Popen[bytes], log: Path) -> int:
 
 
 @pytest.mark.usefixtures("redis_service")
-@pytest.mark.parametrize("pool", ["prefork", "threads"])
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
 def test_worker_processes_build_the_backend_once_and_recovery_runs_in_the_main_process(
     pool: str, tmp_path: Path, user_app: Any
 ) -> None:
@@ -382,4 +382,38 @@ def test_publisher_confirms_on_request() -> None:
             assert conn.default_channel.queue_declare(q.cq(queue), passive=True).message_count == 200
             conn.default_channel.queue_delete(q.cq(queue))
     finally:
+        backend.close()
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_job_that_kills_its_prefork_child_fails_after_max_lost_and_the_worker_lives_on(tmp_path: Path) -> None:
+    import celery_jobs
+
+    prefix = _prefix()
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "worker.log"
+    cmd = [sys.executable, "-m", "multistep_core", "--backend", f"{REDIS}?prefix={prefix}&lease=1", "worker",
+           "celery_jobs", "-q", queue, "-c", "2"]
+    proc = _start(cmd, log)
+    backend = backend_from_url(REDIS, prefix=prefix, lease=1)
+    journal = tmp_path / "journal"
+    try:
+        _wait_ready(proc, log)
+        with backend.create_task(queue=queue, max_lost=2) as task:
+            task.add_job(celery_jobs.crash, str(journal))
+            task.add_job(celery_jobs.where, str(journal), "fine")
+            task.add_finalization_job(celery_jobs.where, str(journal), "fin")
+        p = task.wait(timeout=60)
+        assert p.state == "failed" and p.failed == 1 and p.succeeded == 1, log.read_text()
+        (failure,) = task.failures()
+        assert failure.ref == "j0" and "lost" in (failure.type + failure.message).lower()
+        crashes = [line for line in journal.read_text().splitlines() if line.startswith("crash")]
+        # bounded: the core counts lost leases (max_lost=2) whatever Celery's requeues do
+        assert 2 <= len(crashes) <= 4, crashes
+        assert proc.poll() is None, "the worker died with its child"
+        with backend.create_task(queue=queue) as after:  # and it still serves
+            after.add_job(celery_jobs.where, str(journal), "after")
+        assert after.wait(timeout=30).state == "succeeded"
+    finally:
+        _stop(proc, log)
         backend.close()
