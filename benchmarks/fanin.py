@@ -148,8 +148,9 @@ class Workers:
     def __enter__(self) -> Workers:
         for k in range(self.count):
             out = open(self.logdir / f"{self.name}-{k}.log", "wb")
+            cmd = [a.replace("{k}", str(k)) for a in self.cmd]  # e.g. a node name of its own
             self.procs.append(
-                subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)
             )
             out.close()
@@ -487,7 +488,8 @@ class CeleryBench(QueueBench):
     def queue_workers(self) -> Workers:
         cmd = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker", "-Q", self.raw_q,
                "-c", str(self.args.concurrency), "-P", self.args.celery_pool, "-l", "WARNING",
-               "--without-gossip", "--without-mingle", "--without-heartbeat"]
+               "--without-gossip", "--without-mingle", "--without-heartbeat",
+               "-n", f"fanin-{self.name}-{{k}}@%h"]  # a node name each: on RabbitMQ a shared one kills the 2nd
         return Workers(f"{self.name}-raw", cmd, self.env, self.args.workers, self.logdir)
 
     def raw_enqueue(self, n: int) -> None:
