@@ -428,6 +428,22 @@ apply_ttl()
 return {1, '', redis.call('HGET', KS, ref) or '', r.a, T.keep}
 """
 
+# ARGV: now, lease, ref...   (pending refs without a due time get one, a lease from now)
+_GUARD = r"""
+if not load_task() then return 0 end
+local n = 0
+for i = 3, #ARGV do
+  local ref = ARGV[i]
+  local kind, idx = split_ref(ref)
+  local r = get_row(kind, idx, ref)
+  if r and r.st == 'p' and not redis.call('ZSCORE', KDUE, ref) then
+    set_due(ref, NOW + LEASE)
+    n = n + 1
+  end
+end
+return n
+"""
+
 # KEYS: rows, due only. ARGV: now, lease, ref, attempt
 _RENEW = r"""
 local v = redis.call('HGET', KEYS[1], ARGV[3])
@@ -625,6 +641,7 @@ _TASK_SCRIPTS = {
     "add": _ADD,
     "seal": _SEAL,
     "start": _START,
+    "guard": _GUARD,
     "finish": _FINISH,
     "cancel": _CANCEL,
     "retry": _RETRY,
@@ -874,6 +891,30 @@ class RedisStore(Store):
             pipe.zadd(self._k_due, {task_id: repr(now + self.lease)}, lt=True)
 
         res = self._pipe(build)[0]
+        if int(res[0]) != 1:
+            return Start(False, res[1])
+        return Start(True, spec=res[2], attempt=int(res[3]), keep_results=res[4] == "1")
+
+    def guard(self, task_id: str, refs: Sequence[str], now: float) -> int:
+        if not refs:
+            return 0
+
+        def build(pipe: Any) -> None:
+            self._evalsha(pipe, "guard", task_id, [repr(now), repr(self.lease), *refs])
+            pipe.zadd(self._k_due, {task_id: repr(now + self.lease)}, lt=True)
+
+        return int(self._pipe(build)[0])
+
+    def start_packed(self, task_id: str, refs: Sequence[str], now: float) -> Start:
+        """The guard of ``refs[1:]`` and the start of ``refs[0]`` in one round trip."""
+        kind, index = parse_ref(refs[0])
+
+        def build(pipe: Any) -> None:
+            self._evalsha(pipe, "guard", task_id, [repr(now), repr(self.lease), *refs[1:]])
+            self._evalsha(pipe, "start", task_id, [repr(now), repr(self.lease), kind, index, refs[0]])
+            pipe.zadd(self._k_due, {task_id: repr(now + self.lease)}, lt=True)
+
+        res = self._pipe(build)[1]
         if int(res[0]) != 1:
             return Start(False, res[1])
         return Start(True, spec=res[2], attempt=int(res[3]), keep_results=res[4] == "1")

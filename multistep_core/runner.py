@@ -142,7 +142,9 @@ class Runner:
         if len(refs) == 1:
             return self._handle_one(task_id, refs[0], text)
         outcomes: list[str] = []
-        start = store.start(task_id, refs[0], time.time())
+        # The refs after the first get a due time now: if this worker dies before reaching
+        # them, recovery sends them again (a queue need not redeliver the message).
+        start = store.start_packed(task_id, refs, time.time())
         for i, ref in enumerate(refs):
             nxt = refs[i + 1] if i + 1 < len(refs) else None
             if not start.run:

@@ -96,6 +96,18 @@ class Store(ABC):
         """Record one attempt's outcome (``error`` None means success; ``result`` is JSON
         text) and decide what comes next. A job that already ended is left alone."""
 
+    @abstractmethod
+    def guard(self, task_id: str, refs: Sequence[str], now: float) -> int:
+        """Give each pending ref without a due time one, a lease from now, so that recovery
+        sends it again if nobody starts it (a worker that received several refs in one
+        message and died before reaching them). Returns how many refs it guarded."""
+
+    def start_packed(self, task_id: str, refs: Sequence[str], now: float) -> Start:
+        """:meth:`guard` the other refs of a message carrying several, then :meth:`start` its
+        first; a store may send both in one round trip."""
+        self.guard(task_id, refs[1:], now)
+        return self.start(task_id, refs[0], now)
+
     def finish_then_start(
         self,
         task_id: str,
@@ -439,6 +451,17 @@ class RowStore(Store):
             row.started_at = now
             tx.put_job(task_id, row)
             return Start(True, spec=row.spec, attempt=row.attempt, keep_results=task.options.keep_results)
+
+    def guard(self, task_id: str, refs: Sequence[str], now: float) -> int:
+        n = 0
+        with self.transaction() as tx:
+            for ref in refs:
+                row = tx.get_job(task_id, ref)
+                if row is not None and row.state == JobState.PENDING and row.due_at is None:
+                    row.due_at = now + self.lease
+                    tx.put_job(task_id, row)
+                    n += 1
+        return n
 
     def renew(self, task_id: str, ref: str, attempt: int, now: float) -> bool:
         with self.transaction() as tx:

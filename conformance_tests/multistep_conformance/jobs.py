@@ -118,6 +118,15 @@ def block(path: str, label: str, gate: str, timeout: float = 120.0) -> None:
     note(path, f"{label}:done")
 
 
+@job(name="conformance.block_or_record")
+def block_or_record(path: str, label: str, gate: str | None) -> None:
+    """:func:`block` when given a gate, else :func:`record`."""
+    if gate is None:
+        note(path, label)
+    else:
+        block(path, label, gate)
+
+
 @job(name="conformance.echo")
 def echo(value: Any) -> Any:
     return value

@@ -166,6 +166,18 @@ class StoreTests:
         assert store.start(tid, "f1", now).run is False  # out of turn
         assert only(store.claim_due(now + LEASE + 1), tid) == ["f0"]
 
+    def test_refs_of_a_packed_message_are_guarded_until_started(self, store: Store) -> None:
+        # Given a message carrying j0..j3, received by a worker that starts j0 and dies
+        tid = self._task(store, n=4)
+        store.seal(tid, time.time())
+        now = time.time()
+        assert store.start_packed(tid, ["j0", "j1", "j2", "j3"], now).run
+        assert store.start(tid, "j1", now).run and not store.finish(tid, "j1", 1, now)
+        # Then recovery sends the refs it never reached (and the one it was running)
+        assert only(store.claim_due(now + 1), tid) == []
+        assert only(store.claim_due(now + LEASE + 1), tid) == ["j0", "j2", "j3"]
+        assert store.guard(tid, ["j1", "j5"], now) == 0  # finished or unknown refs: nothing
+
     def test_ids_and_transitions_errors(self, store: Store) -> None:
         tid = self._task(store, n=0)
         with pytest.raises(TaskExists):

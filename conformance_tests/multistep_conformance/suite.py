@@ -470,6 +470,27 @@ class BackendTests:
         assert len(journal.starting("victim:start:")) >= 2
         assert journal.count("fin") == 1
 
+    def test_worker_killed_mid_packed_message_leaves_nothing_stuck(self, harness: Harness, journal: Journal) -> None:
+        self._need_workers(harness)
+        # Given eight jobs sent in one message, the first of them blocking its worker
+        gate = journal.flag("gate")
+        with harness.task() as task:
+            items = [(journal.path, "victim", gate)] + [(journal.path, f"rest{i}", None) for i in range(7)]
+            task.add_jobs(jobs.block_or_record, items, per_message=8)
+            task.add_finalization_job(jobs.record, journal.path, "fin")
+        start = eventually(lambda: journal.starting("victim:start:1:"), what="the packed message to start")
+        pid = int(start[0].rsplit(":", 1)[1])
+        # When its worker is SIGKILLed before it reached the other seven (a queue may not
+        # redeliver the message: RQ does not)
+        harness.kill_worker_of(pid)
+        open(gate, "w").close()
+        harness.start_worker()
+        # Then every job of the message runs and the task finishes
+        p = self._wait(task, harness)
+        assert p.state == TaskState.SUCCEEDED and p.succeeded == 8
+        assert all(journal.count(f"rest{i}") >= 1 for i in range(7))
+        assert journal.count("fin") == 1
+
     def test_worker_killed_mid_finalizer_leaves_nothing_stuck(self, harness: Harness, journal: Journal) -> None:
         self._need_workers(harness)
         gate = journal.flag("gate")
