@@ -30,7 +30,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .errors import BackendDriverMissing, BackendNotFound, ConfigurationError
 
@@ -217,3 +217,35 @@ def connect(backend: str | None = None, **options: Any) -> Any:
     factory = load_factory(base)
     merged = {**file_opts, **url_opts, **options}
     return factory(base, **merged)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def store_from_url(store_url: str, *, prefix: str, lease: float) -> Any:
+    """The store a ``store=`` option names: ``redis://``, ``rediss://``, ``unix://`` (the Redis
+    store) or ``sqlite:///path`` (the SQLite store). Used by the queue adapters."""
+    if store_url.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from .redis_store import RedisStore
+        except ImportError as exc:  # pragma: no cover - redis comes with every adapter's extra
+            raise BackendDriverMissing(f'the Redis store needs redis-py: pip install "multistep[redis]" ({exc})') from exc
+        return RedisStore(store_url, prefix=prefix, lease=lease)
+    if store_url.startswith("sqlite:"):
+        from .embedded.factory import sqlite_path
+        from .embedded.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(store_url), lease=lease)
+    raise ConfigurationError(f"store must be a redis:// or sqlite:/// URL, not {redact_url(store_url)!r}")

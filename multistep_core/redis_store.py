@@ -32,10 +32,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .backend import Backend
-from .config import reject_unknown
+from .config import redact_url, reject_unknown
 from .errors import BackendConnectionError, ConfigurationError, InvalidTransition, TaskExists, TaskNotFound
 from .model import (
     CALLBACK,
@@ -663,18 +662,6 @@ def _f(v: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def _redact(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _progress(tid: str, m: dict[str, str]) -> Progress:
@@ -737,13 +724,13 @@ class RedisStore(Store):
             try:
                 client = redis.Redis.from_url(url)
             except ValueError as exc:
-                raise ConfigurationError(f"bad Redis URL {_redact(url)!r}: {exc}") from None
+                raise ConfigurationError(f"bad Redis URL {redact_url(url)!r}: {exc}") from None
         else:
             kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {}) or {}
             if url == DEFAULT_URL and "host" in kw:
                 self.url = f"redis://{kw.get('host')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
         self.r = client
-        self._where = _redact(self.url)
+        self._where = redact_url(self.url)
         self._lost_message = worker_lost_failure("j0", "?", 0, 0.0, self.lease).message
         self._k_tasks = f"{prefix}:tasks"
         self._k_due = f"{prefix}:due-tasks"

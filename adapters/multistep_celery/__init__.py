@@ -139,10 +139,9 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from multistep_core.backend import Backend
-from multistep_core.config import reject_unknown
+from multistep_core.config import redact_url, reject_unknown, store_from_url
 from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
 from multistep_core.queue import Queue
 
@@ -178,17 +177,6 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-def _redact(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _require_celery() -> Any:
@@ -215,7 +203,7 @@ def broker_url(url: str) -> tuple[str | None, str | None]:
     if head != "celery" or kind not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
         raise ConfigurationError(
             f"celery backend strings look like celery+redis://host:6379/0 or "
-            f"celery+amqp://user:pass@host:5672// (not {_redact(url)!r})"
+            f"celery+amqp://user:pass@host:5672// (not {redact_url(url)!r})"
         )
     return ("amqp" if kind in ("amqp", "amqps", "pyamqp") else "redis"), f"{kind}://{rest}"
 
@@ -226,20 +214,9 @@ def _kind_of(broker: str) -> str:
         return "redis"
     if scheme in ("amqp", "amqps", "pyamqp"):
         return "amqp"
-    raise ConfigurationError(f"the multistep Celery adapter supports Redis and RabbitMQ brokers, not {_redact(broker)!r}")
+    raise ConfigurationError(f"the multistep Celery adapter supports Redis and RabbitMQ brokers, not {redact_url(broker)!r}")
 
 
-def make_store(store_url: str, *, prefix: str, lease: float) -> Any:
-    if store_url.startswith(("redis://", "rediss://", "unix://")):
-        from multistep_core.redis_store import RedisStore
-
-        return RedisStore(store_url, prefix=prefix, lease=lease)
-    if store_url.startswith("sqlite:"):
-        from multistep_core.embedded.factory import sqlite_path
-        from multistep_core.embedded.sqlite import SQLiteStore
-
-        return SQLiteStore(sqlite_path(store_url), lease=lease)
-    raise ConfigurationError(f"store must be a redis:// or sqlite:/// URL, not {_redact(store_url)!r}")
 
 
 # -- the one task and the per-process backend ------------------------------------------
@@ -494,7 +471,7 @@ class CeleryQueue(Queue):
         self.worker_transport_options = worker_transport_options or {}
         self.broker = str(app.conf.broker_write_url or app.conf.broker_url or "")
         self.kind = _kind_of(self.broker) if self.broker else "redis"
-        self.where = _redact(self.broker) or "the Celery app's default broker"
+        self.where = redact_url(self.broker) or "the Celery app's default broker"
         self.task = register_task(app)
         self._conn_errors = self._driver_errors()
         self._declared: set[tuple[str, int]] = set()
@@ -811,8 +788,8 @@ def backend_from_url(
         app_broker = str(app.conf.broker_url or "")
         if burl is not None and app_broker and app_broker.rstrip("/") != burl.rstrip("/"):
             raise ConfigurationError(
-                f"the backend string names the broker {_redact(burl)!r} but the Celery app uses "
-                f"{_redact(app_broker)!r}; use the backend string 'celery' to take the app's broker"
+                f"the backend string names the broker {redact_url(burl)!r} but the Celery app uses "
+                f"{redact_url(app_broker)!r}; use the backend string 'celery' to take the app's broker"
             )
         if burl is not None and not app_broker:
             app.conf.broker_url = burl
@@ -861,5 +838,5 @@ def backend_from_url(
         max_tasks_per_child=None if mtpc in (None, 0) else int(mtpc),
         worker_transport_options=worker_transport,
     )
-    st = make_store(str(store), prefix=str(prefix), lease=float(lease))
+    st = store_from_url(str(store), prefix=str(prefix), lease=float(lease))
     return Backend(st, queue, name=f"celery+{kind}")

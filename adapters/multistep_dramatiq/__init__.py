@@ -72,10 +72,10 @@ import sys
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 from multistep_core.backend import Backend
-from multistep_core.config import reject_unknown
+from multistep_core.config import redact_url, reject_unknown, store_from_url
 from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
 from multistep_core.queue import Queue
 
@@ -97,17 +97,6 @@ KNOWN_OPTIONS = {
 REDIS_CHUNK = 1000
 
 
-def _redact(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _require_dramatiq() -> Any:
@@ -132,22 +121,11 @@ def broker_url(url: str) -> tuple[str, str]:
     if head != "dramatiq" or kind not in ("redis", "rediss", "unix", "amqp", "amqps"):
         raise ConfigurationError(
             f"dramatiq backend strings look like dramatiq+redis://host:6379/0 or "
-            f"dramatiq+amqp://user:pass@host:5672/ (not {_redact(url)!r})"
+            f"dramatiq+amqp://user:pass@host:5672/ (not {redact_url(url)!r})"
         )
     return ("amqp" if kind.startswith("amqp") else "redis"), f"{kind}://{rest}"
 
 
-def make_store(store_url: str, *, prefix: str, lease: float) -> Any:
-    if store_url.startswith(("redis://", "rediss://", "unix://")):
-        from multistep_core.redis_store import RedisStore
-
-        return RedisStore(store_url, prefix=prefix, lease=lease)
-    if store_url.startswith("sqlite:"):
-        from multistep_core.embedded.factory import sqlite_path
-        from multistep_core.embedded.sqlite import SQLiteStore
-
-        return SQLiteStore(sqlite_path(store_url), lease=lease)
-    raise ConfigurationError(f"store must be a redis:// or sqlite:/// URL, not {_redact(store_url)!r}")
 
 
 class DramatiqQueue(Queue):
@@ -171,7 +149,7 @@ class DramatiqQueue(Queue):
     ) -> None:
         self.kind = kind
         self.url = url
-        self.where = _redact(url)
+        self.where = redact_url(url)
         self.spec = spec or {}
         self.heartbeat = heartbeat
         self.maintenance_chance = maintenance_chance
@@ -445,5 +423,5 @@ def build_backend(
         time_limit=None if opts.get("time_limit") in (None, 0) else float(opts["time_limit"]),
         confirm=bool(opts.get("confirm", False)),
     )
-    st = make_store(str(store), prefix=str(prefix), lease=float(lease))
+    st = store_from_url(str(store), prefix=str(prefix), lease=float(lease))
     return Backend(st, queue, name=f"dramatiq+{kind}")

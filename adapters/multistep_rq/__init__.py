@@ -86,10 +86,9 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from multistep_core.backend import Backend
-from multistep_core.config import reject_unknown
+from multistep_core.config import redact_url, reject_unknown, store_from_url
 from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
 from multistep_core.queue import Queue
 
@@ -115,17 +114,6 @@ KNOWN_OPTIONS = {
 CHUNK = 2000
 
 
-def _redact(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _missing(exc: ImportError) -> BackendDriverMissing:
@@ -144,24 +132,11 @@ def broker_url(url: str) -> str:
     head, _, kind = scheme.partition("+")
     if head != "rq" or kind not in ("redis", "rediss", "unix"):
         raise ConfigurationError(
-            f"rq backend strings look like rq+redis://host:6379/0 (or rq+rediss://, rq+unix://), not {_redact(url)!r}"
+            f"rq backend strings look like rq+redis://host:6379/0 (or rq+rediss://, rq+unix://), not {redact_url(url)!r}"
         )
     return f"{kind}://{rest}"
 
 
-def make_store(store_url: str, *, prefix: str, lease: float) -> Any:
-    if store_url.startswith(("redis://", "rediss://", "unix://")):
-        try:
-            from multistep_core.redis_store import RedisStore
-        except ImportError as exc:  # pragma: no cover - redis is a dependency of rq
-            raise _missing(exc) from exc
-        return RedisStore(store_url, prefix=prefix, lease=lease)
-    if store_url.startswith("sqlite:"):
-        from multistep_core.embedded.factory import sqlite_path
-        from multistep_core.embedded.sqlite import SQLiteStore
-
-        return SQLiteStore(sqlite_path(store_url), lease=lease)
-    raise ConfigurationError(f"store must be a redis:// or sqlite:/// URL, not {_redact(store_url)!r}")
 
 
 class RQQueue(Queue):
@@ -190,7 +165,7 @@ class RQQueue(Queue):
         if not isinstance(queue_prefix, str):
             raise ConfigurationError("queue_prefix must be a string")
         self.url = url
-        self.where = _redact(url)
+        self.where = redact_url(url)
         self.spec = spec or {}
         self.worker_class = worker_class
         self.queue_prefix = queue_prefix
@@ -380,7 +355,7 @@ def backend_from_url(
         maintenance_interval=int(opts.get("maintenance_interval", DEFAULT_MAINTENANCE_INTERVAL)),
         log_level=str(opts.get("log_level", "INFO")),
     )
-    st = make_store(str(store), prefix=str(prefix), lease=float(lease))
+    st = store_from_url(str(store), prefix=str(prefix), lease=float(lease))
     return Backend(st, queue, name="rq")
 
 
