@@ -705,8 +705,9 @@ def table(results: list[dict[str, Any]]) -> str:
     ]
     for o in results:
         n = o["jobs"]
+        ran = " (all ran)" if o["raw_total_s"] else ""
         lines.append(f"| {o['queue']} | {n} | raw | {fmt(o['raw_enqueue_s'], '.2f')} | "
-                     f"{fmt(o['raw_total_s'], '.2f')} (all ran) | {fmt(o['raw_jobs_per_s'])} | - | "
+                     f"{fmt(o['raw_total_s'], '.2f')}{ran} | {fmt(o['raw_jobs_per_s'])} | - | "
                      f"{mb(o['raw_peak_redis_bytes'])} |")
         nt = fmt(o["native_total_s"], ".2f")
         if o.get("native_did_not_finish_in_s") is not None:
@@ -789,8 +790,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.table_from:
         saved = [json.loads(line) for line in Path(args.table_from).read_text().splitlines() if line.strip()]
         if saved:
+            conc = max(o["concurrency"] for o in saved)
             print(f"{saved[0].get('machine', '')}; {saved[0]['workers']} worker processes per side, concurrency "
-                  f"{saved[0]['concurrency']} (RQ: 1); medians of {saved[0]['repeat']} runs\n")
+                  f"{conc} (RQ: 1); medians of {saved[0]['repeat']} runs\n")
         print(table(saved))
         return 0
     queues = args.queue or QUEUES
