@@ -450,6 +450,14 @@ class BackendTests:
         if not harness.external:
             pytest.skip("capability: separate worker processes (this backend runs jobs in-process)")
 
+    def _kill_worker_running(self, harness: Harness, journal: Journal, label: str, gate: str) -> None:
+        """Wait until ``label`` (a :func:`jobs.block`) started, SIGKILL its worker, open the gate
+        so a new run can finish, and start a replacement worker."""
+        start = eventually(lambda: journal.starting(f"{label}:start:1:"), what=f"{label} to start")
+        harness.kill_worker_of(int(start[0].rsplit(":", 1)[1]))
+        open(gate, "w").close()
+        harness.start_worker()
+
     def test_worker_killed_mid_job_leaves_nothing_stuck(self, harness: Harness, journal: Journal) -> None:
         self._need_workers(harness)
         gate = journal.flag("gate")
@@ -458,12 +466,8 @@ class BackendTests:
                 task.add_job(jobs.record, journal.path, f"job{i}")
             task.add_job(jobs.block, journal.path, "victim", gate)
             task.add_finalization_job(jobs.record, journal.path, "fin")
-        start = eventually(lambda: journal.starting("victim:start:1:"), what="the victim job to start")
-        pid = int(start[0].rsplit(":", 1)[1])
         # When its worker is SIGKILLed mid-job and the cause goes away
-        harness.kill_worker_of(pid)
-        open(gate, "w").close()
-        harness.start_worker()
+        self._kill_worker_running(harness, journal, "victim", gate)
         # Then the job runs again elsewhere and the task finishes, finalizing once
         p = self._wait(task, harness)
         assert p.state == TaskState.SUCCEEDED and p.succeeded == 5
@@ -478,13 +482,9 @@ class BackendTests:
             items = [(journal.path, "victim", gate)] + [(journal.path, f"rest{i}", None) for i in range(7)]
             task.add_jobs(jobs.block_or_record, items, per_message=8)
             task.add_finalization_job(jobs.record, journal.path, "fin")
-        start = eventually(lambda: journal.starting("victim:start:1:"), what="the packed message to start")
-        pid = int(start[0].rsplit(":", 1)[1])
         # When its worker is SIGKILLed before it reached the other seven (a queue may not
         # redeliver the message: RQ does not)
-        harness.kill_worker_of(pid)
-        open(gate, "w").close()
-        harness.start_worker()
+        self._kill_worker_running(harness, journal, "victim", gate)
         # Then every job of the message runs and the task finishes
         p = self._wait(task, harness)
         assert p.state == TaskState.SUCCEEDED and p.succeeded == 8
@@ -498,11 +498,7 @@ class BackendTests:
             task.add_job(jobs.record, journal.path, "job")
             task.add_finalization_job(jobs.block, journal.path, "fin0", gate)
             task.add_finalization_job(jobs.record, journal.path, "fin1")
-        start = eventually(lambda: journal.starting("fin0:start:1:"), what="the finalizer to start")
-        pid = int(start[0].rsplit(":", 1)[1])
-        harness.kill_worker_of(pid)
-        open(gate, "w").close()
-        harness.start_worker()
+        self._kill_worker_running(harness, journal, "fin0", gate)
         p = self._wait(task, harness)
         assert p.state == TaskState.SUCCEEDED and p.finalizers_done == 2
         assert len(journal.starting("fin0:start:")) >= 2
