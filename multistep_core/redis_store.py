@@ -924,12 +924,7 @@ class RedisStore(Store):
         result: str | None = None,
         error: Failure | None = None,
     ) -> Dispatch:
-        kind, index = parse_ref(ref)
-        err = json.dumps(error.to_dict(), separators=(",", ":")) if error is not None else ""
-        args = [
-            repr(now), repr(self.lease), kind, index, ref, attempt,
-            "0" if result is None else "1", result or "", err, error.type if error is not None else "",
-        ]
+        args = self._finish_args(ref, attempt, now, result, error)
         # A success can only add a follow-up due at now + lease; a failure may add a retry
         # due any time from now on. The global index holds a lower bound of each task's
         # earliest due time, so it is lowered in the same round trip.
