@@ -30,9 +30,10 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .errors import BackendDriverMissing, BackendNotFound, ConfigurationError
+from .options import split_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,7 +49,7 @@ ALIASES: dict[str, tuple[str, str | None]] = {
     "memory": ("multistep_core.embedded.factory:memory_backend", None),
     "eager": ("multistep_core.embedded.factory:eager_backend", None),
     "sqlite": ("multistep_core.embedded.factory:sqlite_backend", None),
-    "redis": ("multistep_core.redis_store:redis_backend", "redis"),
+    "redis": ("multistep_core.embedded.factory:redis_backend", "redis"),
     "rq": ("multistep_rq:backend_from_url", "rq"),
     "celery": ("multistep_celery:backend_from_url", "celery"),
     "dramatiq": ("multistep_dramatiq:backend_from_url", "dramatiq"),
@@ -105,28 +106,6 @@ def resolve(backend: str | None = None, cwd: Path | None = None) -> tuple[str, d
             return name, opts, path
         return DEFAULT_BACKEND, opts, path
     return DEFAULT_BACKEND, {}, "default"
-
-
-def _coerce(value: str) -> Any:
-    low = value.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
-def split_options(url: str) -> tuple[str, dict[str, Any]]:
-    """Strip the query string off a backend URL and return it as options."""
-    if "?" not in url:
-        return url, {}
-    base, _, query = url.partition("?")
-    return base, {k: _coerce(v) for k, v in parse_qsl(query, keep_blank_values=True)}
 
 
 def backend_name(url: str) -> str:
@@ -198,18 +177,6 @@ def load_factory(url: str) -> Factory:
     )
 
 
-def reject_unknown(options: dict[str, Any], known: set[str], backend: str) -> None:
-    """Raise :class:`ConfigurationError` naming any option the backend does not take."""
-    unknown = sorted(set(options) - known)
-    if unknown:
-        close = {u: difflib.get_close_matches(u, sorted(known), n=1) for u in unknown}
-        parts = [f"{u!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for u, c in close.items()]
-        raise ConfigurationError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(parts)} for the {backend} backend; "
-            f"it takes: {', '.join(sorted(known)) or 'no options'}"
-        )
-
-
 def connect(backend: str | None = None, **options: Any) -> Any:
     """Build the configured backend. See the module documentation for the search order."""
     url, file_opts, _source = resolve(backend)
@@ -217,35 +184,3 @@ def connect(backend: str | None = None, **options: Any) -> Any:
     factory = load_factory(base)
     merged = {**file_opts, **url_opts, **options}
     return factory(base, **merged)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
-def store_from_url(store_url: str, *, prefix: str, lease: float) -> Any:
-    """The store a ``store=`` option names: ``redis://``, ``rediss://``, ``unix://`` (the Redis
-    store) or ``sqlite:///path`` (the SQLite store). Used by the queue adapters."""
-    if store_url.startswith(("redis://", "rediss://", "unix://")):
-        try:
-            from .redis_store import RedisStore
-        except ImportError as exc:  # pragma: no cover - redis comes with every adapter's extra
-            raise BackendDriverMissing(f'the Redis store needs redis-py: pip install "multistep[redis]" ({exc})') from exc
-        return RedisStore(store_url, prefix=prefix, lease=lease)
-    if store_url.startswith("sqlite:"):
-        from .embedded.factory import sqlite_path
-        from .embedded.sqlite import SQLiteStore
-
-        return SQLiteStore(sqlite_path(store_url), lease=lease)
-    raise ConfigurationError(f"store must be a redis:// or sqlite:/// URL, not {redact_url(store_url)!r}")

@@ -18,6 +18,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import InvalidTransition
+
 if TYPE_CHECKING:
     from .backend import Task
 
@@ -37,13 +39,13 @@ _current: ContextVar[JobContext | None] = ContextVar("multistep_current_job", de
 
 
 def current_job() -> JobContext:
-    """The job being run by this thread. Raises ``RuntimeError`` outside a job."""
+    """The job being run by this thread. Raises :class:`InvalidTransition` (a ``RuntimeError``) outside a job."""
     ctx = _current.get()
     if ctx is None:
-        raise RuntimeError("current_job() is only available inside a running multistep job")
+        raise InvalidTransition("current_job() is only available inside a running multistep job")
     return ctx
 
 
 def current_task() -> Task:
-    """The task of the job being run by this thread. Raises ``RuntimeError`` outside a job."""
+    """The task of the job being run by this thread. Raises :class:`InvalidTransition` (a ``RuntimeError``) outside a job."""
     return current_job().task

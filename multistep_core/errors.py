@@ -31,6 +31,11 @@ class BackendConnectionError(MultistepError, ConnectionError):
     """The store or the queue could not be reached. Adapters map their driver errors to this."""
 
 
+class StoreError(MultistepError, RuntimeError):
+    """The store failed an operation for a reason that is not the caller's (a script the
+    server refused, a row it cannot decode). The message names the store and the cause."""
+
+
 class InvalidTaskId(MultistepError, ValueError):
     """A task id is empty, too long or has characters outside the allowed set."""
 
@@ -49,6 +54,11 @@ class TaskNotFound(MultistepError, KeyError):
 class InvalidJob(MultistepError, TypeError):
     """``add_job`` was given something that cannot become a job: an unregistered
     function, a lambda or closure, or an argument that is not JSON."""
+
+
+class InvalidMessage(MultistepError, ValueError):
+    """A queue message, job ref or stored spec does not decode; the message says what is wrong.
+    Workers record such messages as rejected instead of raising."""
 
 
 class InvalidTransition(MultistepError, RuntimeError):

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from .errors import InvalidTaskId
+from .errors import InvalidMessage, InvalidTaskId
 
 
 class TaskState(str, Enum):
@@ -86,12 +86,12 @@ def validate_task_id(task_id: object) -> str:
 
 
 def parse_ref(ref: object) -> tuple[str, int]:
-    """Split ``"j7"`` into ``("j", 7)``; raise ``ValueError`` for anything else."""
+    """Split ``"j7"`` into ``("j", 7)``; raise :class:`InvalidMessage` for anything else."""
     if not isinstance(ref, str):
-        raise ValueError(f"job ref must be a string, not {type(ref).__name__}")
+        raise InvalidMessage(f"job ref must be a string, not {type(ref).__name__}")
     m = _REF_RE.match(ref)
     if not m:
-        raise ValueError(f"{ref!r} is not a job ref (expected j<N>, f<N> or x0)")
+        raise InvalidMessage(f"{ref!r} is not a job ref (expected j<N>, f<N> or x0)")
     return m.group(1), int(m.group(2))
 
 
@@ -114,22 +114,22 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, text: str) -> JobSpec:
-        """Decode a stored spec; raise ``ValueError`` naming what is wrong."""
+        """Decode a stored spec; raise :class:`InvalidMessage` naming what is wrong."""
         try:
             d = json.loads(text)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"job spec is not valid JSON: {exc}") from None
+            raise InvalidMessage(f"job spec is not valid JSON: {exc}") from None
         if not isinstance(d, dict) or not isinstance(d.get("fn"), str):
-            raise ValueError("job spec must be an object with a string 'fn'")
+            raise InvalidMessage("job spec must be an object with a string 'fn'")
         args = d.get("args", [])
         kwargs = d.get("kwargs", {})
         if not isinstance(args, list):
-            raise ValueError("job spec 'args' must be a list")
+            raise InvalidMessage("job spec 'args' must be a list")
         if not isinstance(kwargs, dict):
-            raise ValueError("job spec 'kwargs' must be an object")
+            raise InvalidMessage("job spec 'kwargs' must be an object")
         retries = d.get("retries")
         if retries is not None and (not isinstance(retries, int) or retries < 0):
-            raise ValueError("job spec 'retries' must be a non-negative integer")
+            raise InvalidMessage("job spec 'retries' must be a non-negative integer")
         return cls(fn=d["fn"], args=args, kwargs=kwargs, retries=retries)
 
 
@@ -317,44 +317,44 @@ def encode_messages(task_id: str, refs: Sequence[str], per_message: int = 1) -> 
 
 
 def decode_message(raw: object) -> tuple[str, str]:
-    """Return ``(task_id, ref)`` of a one-job message or raise ``ValueError`` naming what is
+    """Return ``(task_id, ref)`` of a one-job message or raise :class:`InvalidMessage` naming what is
     wrong (a message carrying several refs is refused here: see :func:`decode_refs`)."""
     task_id, refs = decode_refs(raw)
     if len(refs) != 1:
-        raise ValueError(f"message carries {len(refs)} job refs, expected one")
+        raise InvalidMessage(f"message carries {len(refs)} job refs, expected one")
     return task_id, refs[0]
 
 
 def decode_refs(raw: object) -> tuple[str, tuple[str, ...]]:
     """Return ``(task_id, refs)`` of a message carrying one ref (``"ref"``) or several
-    (``"refs"``: 1 to MAX_REFS_PER_MESSAGE distinct refs), or raise ``ValueError``."""
+    (``"refs"``: 1 to MAX_REFS_PER_MESSAGE distinct refs), or raise :class:`InvalidMessage`."""
     if isinstance(raw, (bytes, bytearray)):
         if len(raw) > MAX_MESSAGE_BYTES:
-            raise ValueError(f"message is {len(raw)} bytes; multistep messages are small")
+            raise InvalidMessage(f"message is {len(raw)} bytes; multistep messages are small")
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise ValueError("message is not UTF-8 text") from None
+            raise InvalidMessage("message is not UTF-8 text") from None
     if isinstance(raw, str):
         if len(raw) > MAX_MESSAGE_BYTES:
-            raise ValueError(f"message is {len(raw)} characters; multistep messages are small")
+            raise InvalidMessage(f"message is {len(raw)} characters; multistep messages are small")
         try:
             raw = json.loads(raw)
         except ValueError as exc:
-            raise ValueError(f"message is not JSON: {exc}") from None
+            raise InvalidMessage(f"message is not JSON: {exc}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"message must be a JSON object, not {type(raw).__name__}")
+        raise InvalidMessage(f"message must be a JSON object, not {type(raw).__name__}")
     extra = sorted(set(raw) - {"v", "task", "ref", "refs"})
     if extra:
-        raise ValueError(
+        raise InvalidMessage(
             f"message has unexpected field(s) {', '.join(map(repr, extra))}: multistep messages "
             "name a task and job refs only, never a function or arguments"
         )
     if raw.get("v") != MESSAGE_VERSION:
-        raise ValueError(f"message version {raw.get('v')!r} is not supported (expected {MESSAGE_VERSION})")
+        raise InvalidMessage(f"message version {raw.get('v')!r} is not supported (expected {MESSAGE_VERSION})")
     task_id = validate_task_id(raw.get("task"))
     if ("ref" in raw) == ("refs" in raw):
-        raise ValueError("message must have exactly one of 'ref' and 'refs'")
+        raise InvalidMessage("message must have exactly one of 'ref' and 'refs'")
     if "ref" in raw:
         ref = raw["ref"]
         parse_ref(ref)
@@ -362,9 +362,9 @@ def decode_refs(raw: object) -> tuple[str, tuple[str, ...]]:
         return task_id, (ref,)
     refs = raw["refs"]
     if not isinstance(refs, list) or not 1 <= len(refs) <= MAX_REFS_PER_MESSAGE:
-        raise ValueError(f"'refs' must be a list of 1 to {MAX_REFS_PER_MESSAGE} job refs")
+        raise InvalidMessage(f"'refs' must be a list of 1 to {MAX_REFS_PER_MESSAGE} job refs")
     for r in refs:
         parse_ref(r)
     if len(set(refs)) != len(refs):
-        raise ValueError("'refs' names a job twice")
+        raise InvalidMessage("'refs' names a job twice")
     return task_id, tuple(refs)

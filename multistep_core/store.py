@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import InvalidTransition, TaskExists, TaskNotFound
+from .errors import InvalidJob, InvalidTransition, TaskExists, TaskNotFound
 from .model import (
     CALLBACK,
     FINALIZER,
@@ -400,7 +400,7 @@ class RowStore(Store):
                 first = task.fin_total
                 task.fin_total += len(specs)
             else:
-                raise ValueError(f"unknown job kind {kind!r}")
+                raise InvalidJob(f"unknown job kind {kind!r} (expected j, f or x)")
             rows = [JobRow(ref=f"{kind}{first + i}", spec=s) for i, s in enumerate(specs)]
             tx.put_jobs_new(task_id, rows)
             tx.put_task(task)

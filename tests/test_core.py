@@ -19,7 +19,8 @@ from multistep_core import (
     connect,
     job,
 )
-from multistep_core.config import resolve, split_options
+from multistep_core.config import resolve
+from multistep_core.options import split_options
 from multistep_core.model import decode_message, encode_message
 
 

@@ -142,7 +142,7 @@ def test_per_message_is_validated() -> None:
 def test_redis_finish_then_start_matches_two_calls() -> None:
     redis = pytest.importorskip("redis")
     from multistep_core.model import JOB, TaskOptions
-    from multistep_core.redis_store import RedisStore
+    from multistep_core.redis import RedisStore
 
     url = "redis://127.0.0.1:6379/12"
     try:

@@ -30,7 +30,7 @@ URL = "redis://127.0.0.1:6379/12"
 
 @pytest.fixture
 def rstore(redis_service: None) -> Iterator[Any]:
-    from multistep_core.redis_store import RedisStore
+    from multistep_core.redis import RedisStore
 
     s = RedisStore(URL, lease=5.0, prefix=f"mst{os.getpid()}")
     s.r.flushdb()
@@ -244,7 +244,7 @@ def test_concurrent_last_jobs_dispatch_f0_exactly_once(rstore: Any) -> None:
     barrier = threading.Barrier(8)
 
     def worker(part: list[tuple[str, str]]) -> None:
-        from multistep_core.redis_store import RedisStore
+        from multistep_core.redis import RedisStore
 
         s = RedisStore(URL, lease=5.0, prefix=rstore.prefix)  # own connection per thread
         barrier.wait()
@@ -379,7 +379,7 @@ def test_claim_due_uses_the_due_index(rstore: Any) -> None:
 
 
 def test_rejected_is_capped(rstore: Any) -> None:
-    from multistep_core.redis_store import RedisStore
+    from multistep_core.redis import RedisStore
 
     s = RedisStore(URL, max_rejected=5, client=rstore.r, prefix=rstore.prefix)
     for i in range(8):
@@ -390,7 +390,7 @@ def test_rejected_is_capped(rstore: Any) -> None:
 
 
 def test_connection_error_names_the_url() -> None:
-    from multistep_core.redis_store import RedisStore
+    from multistep_core.redis import RedisStore
 
     with pytest.raises(BackendConnectionError, match=r"127\.0\.0\.1:1/0"):
         RedisStore("redis://127.0.0.1:1/0")

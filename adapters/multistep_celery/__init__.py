@@ -141,7 +141,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from multistep_core.backend import Backend
-from multistep_core.config import redact_url, reject_unknown, store_from_url
+from multistep_core.kit import store_from_url
+from multistep_core.options import redact_url, reject_unknown
 from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
 from multistep_core.queue import Queue
 
@@ -369,7 +370,7 @@ def attach(app: Any, backend: str | None = None, **options: Any) -> Any:
 
 
 def _query(url: str) -> dict[str, Any]:
-    from multistep_core.config import split_options
+    from multistep_core.options import split_options
 
     return split_options(url)[1]
 

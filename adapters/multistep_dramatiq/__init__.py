@@ -75,7 +75,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from multistep_core.backend import Backend
-from multistep_core.config import redact_url, reject_unknown, store_from_url
+from multistep_core.kit import store_from_url
+from multistep_core.options import redact_url, reject_unknown
 from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
 from multistep_core.queue import Queue
 

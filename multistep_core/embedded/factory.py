@@ -1,12 +1,12 @@
-"""Factories for the embedded backends (``memory``, ``eager``, ``sqlite``)."""
+"""Factories of the backends whose jobs run on threads of the calling process: ``memory``,
+``eager``, ``sqlite`` and ``redis`` (state in Redis, jobs in this process)."""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..backend import Backend
-from ..config import reject_unknown
+from ..options import reject_unknown, sqlite_path
 from ..store import DEFAULT_LEASE
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -27,18 +27,18 @@ def eager_backend(url: str = "eager", *, lease: float = DEFAULT_LEASE, **opts: A
     return Backend(MemoryStore(lease=lease), EagerQueue(), name="eager", eager=True)
 
 
-def sqlite_path(url: str) -> str:
-    """``sqlite:///rel.db`` → ``rel.db``; ``sqlite:////abs.db`` → ``/abs.db``; ``sqlite`` or
-    ``sqlite://`` → ``multistep.db``; ``sqlite:///:memory:`` → ``:memory:``."""
-    if "://" not in url:
-        return "multistep.db"
-    path = urlsplit(url).path
-    if path.startswith("/"):
-        path = path[1:]
-    return path or "multistep.db"
-
-
 def sqlite_backend(url: str = "sqlite", *, threads: int = DEFAULT_THREADS, lease: float = DEFAULT_LEASE, **opts: Any) -> Backend:
     """``sqlite:///path.db``: durable state in a SQLite file, jobs on threads of this process."""
     reject_unknown(opts, {"threads", "lease"}, "sqlite")
     return Backend(SQLiteStore(sqlite_path(url), lease=lease), ThreadQueue(threads), name="sqlite")
+
+
+def redis_backend(url: str = "redis", *, threads: int = DEFAULT_THREADS, lease: float = DEFAULT_LEASE,
+                  prefix: str = "ms", **opts: Any) -> Backend:
+    """``redis://host:6379/0``: state in Redis (one Lua script per transition), jobs on
+    ``threads`` threads of this process (``redis`` alone: the local default)."""
+    from ..redis import DEFAULT_URL, RedisStore
+
+    reject_unknown(opts, {"threads", "lease", "prefix"}, "redis")
+    store = RedisStore(url if "://" in url else DEFAULT_URL, prefix=str(prefix), lease=lease)
+    return Backend(store, ThreadQueue(int(threads)), name="redis")

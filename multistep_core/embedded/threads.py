@@ -8,6 +8,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigurationError, InvalidTransition
 from ..queue import Queue
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ class ThreadQueue(Queue):
 
     def __init__(self, threads: int = 4) -> None:
         if threads < 1:
-            raise ValueError("threads must be at least 1")
+            raise ConfigurationError(f"threads must be at least 1, not {threads!r}")
         self.threads = threads
         self._q: _q.SimpleQueue[object] = _q.SimpleQueue()
         self._runner: Runner | None = None
@@ -51,7 +52,7 @@ class ThreadQueue(Queue):
 
     def enqueue(self, queue: str, messages: Sequence[str]) -> None:
         if self._closed:
-            raise RuntimeError("this backend is closed")
+            raise InvalidTransition("this backend is closed; connect() again to add work")
         self._ensure_started()
         for m in messages:
             self._q.put(m)

@@ -1,0 +1,17 @@
+-- create.lua (task script: lib.lua first; KEYS as lib.lua says)
+-- ARGV: now, lease(unused), option pairs...
+if redis.call('EXISTS', KM) == 1 then
+  local v = redis.call('HMGET', KM, 'state', 'expires_at')
+  if v[2] and tonumber(v[2]) <= NOW then
+    redis.call('DEL', unpack(ALLK))
+  else
+    return {'exists', v[1]}
+  end
+else
+  redis.call('DEL', unpack(ALLK))
+end
+local fields = {'state', 'open', 'sealed', '0', 'total', '0', 'running', '0', 'succeeded', '0',
+  'failed', '0', 'fin_total', '0', 'fin_done', '0', 'has_cb', '0', 'created_at', NOW_S}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KM, unpack(fields))
+return {'ok'}

@@ -1,0 +1,151 @@
+"""Reads of the Redis store: progress, failures, results, task lists, rejected messages."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ..model import Failure, Progress, Rejected, TaskOptions, TaskState
+from .base import RedisBase, _s
+
+_STATE_CODE = {"p": "pending", "r": "running", "w": "retry_wait", "s": "succeeded", "f": "failed"}
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _progress(tid: str, m: dict[str, str]) -> Progress:
+    total = int(m["total"])
+    running = int(m["running"])
+    succeeded = int(m["succeeded"])
+    failed = int(m["failed"])
+    return Progress(
+        task_id=tid,
+        state=TaskState(m["state"]),
+        total=total,
+        pending=total - running - succeeded - failed,
+        running=running,
+        succeeded=succeeded,
+        failed=failed,
+        finalizers_total=int(m["fin_total"]),
+        finalizers_done=int(m["fin_done"]),
+        created_at=float(m["created_at"]),
+        sealed_at=_f(m.get("sealed_at")),
+        finished_at=_f(m.get("finished_at")),
+        cancelled_by=m.get("cancelled_by"),
+        cancelled_at=_f(m.get("cancelled_at")),
+        options=TaskOptions.from_dict(json.loads(m["opts"])),
+    )
+
+
+class RedisReads(RedisBase):
+    def _meta(self, task_id: str) -> dict[str, str] | None:
+        with self._errors():
+            m = self.r.hgetall(self.keys(task_id)[0])
+        if not m:
+            return None
+        return {_s(k): _s(v) for k, v in m.items()}
+
+    def progress(self, task_id: str) -> Progress | None:
+        m = self._meta(task_id)
+        if m is None or ("expires_at" in m and float(m["expires_at"]) <= time.time()):
+            return None
+        return _progress(task_id, m)
+
+    def failures(self, task_id: str) -> list[Failure]:
+        k = self.keys(task_id)
+        errs = self._script("failures", [k[2], k[4]], [])
+        out = [Failure.from_dict(json.loads(e)) for e in errs]
+        out.sort(key=lambda f: (f.ref[0] != "j", f.ref[0], int(f.ref[1:])))
+        return out
+
+    def results(self, task_id: str) -> dict[str, Any]:
+        with self._errors():
+            m = self.r.hgetall(self.keys(task_id)[5])
+        return {_s(k): json.loads(_s(v)) for k, v in m.items()}
+
+    def list_tasks(self, state: TaskState | None = None, limit: int = 1000) -> list[Progress]:
+        out: list[Progress] = []
+        now = time.time()
+        page = max(50, min(limit, 500))
+        offset = 0
+        while len(out) < limit:
+            with self._errors():
+                ids = self.r.zrevrange(self._k_tasks, offset, offset + page - 1, withscores=True)
+            if not ids:
+                break
+            offset += len(ids)
+            ids = [(_s(m), sc) for m, sc in ids]
+
+            def build(pipe: Any, ids: list[tuple[str, float]] = ids) -> None:
+                for tid, _ in ids:
+                    pipe.hgetall(self.keys(tid)[0])
+
+            metas = self._pipe(build)
+            gone: list[Any] = []
+            for (tid, score), raw in zip(ids, metas, strict=True):
+                if not raw:
+                    gone += [tid, repr(score)]
+                    continue
+                m = {_s(k): _s(v) for k, v in raw.items()}
+                if "expires_at" in m and float(m["expires_at"]) <= now:
+                    continue
+                if state is not None and m["state"] != state.value:
+                    continue
+                out.append(_progress(tid, m))
+                if len(out) >= limit:
+                    break
+            if gone:
+                self._script("zrem_if", [self._k_tasks], gone)
+                offset -= len(gone) // 2
+            if len(ids) < page:
+                break
+        return out
+
+    def rejected(self, limit: int = 100) -> list[Rejected]:
+        if limit <= 0:
+            return []
+        with self._errors():
+            items = self.r.lrange(self._k_rejected, 0, limit - 1)
+        out = []
+        for it in items:
+            d = json.loads(_s(it))
+            out.append(Rejected(raw=d["raw"], reason=d["reason"], at=d["at"]))
+        return out
+
+    def job_states(self, task_id: str) -> dict[str, str]:
+        k = self.keys(task_id)
+        res = self._script("job_states", [k[0], k[2], k[3]], [])
+        if not res:
+            return {}
+        total, fin_total, has_cb = int(res[0]), int(res[1]), int(res[2])
+        bm = bytes.fromhex(res[3])
+        rows = dict(zip(res[4::2], res[5::2], strict=True))
+        out: dict[str, str] = {}
+        for i in range(total):
+            ref = f"j{i}"
+            b = i >> 3
+            if b < len(bm) and bm[b] & (0x80 >> (i & 7)):
+                out[ref] = "succeeded"
+            else:
+                v = rows.get(ref)
+                out[ref] = _STATE_CODE[v[0]] if v else "pending"
+        for i in range(fin_total):
+            ref = f"f{i}"
+            v = rows.get(ref)
+            out[ref] = _STATE_CODE[v[0]] if v else "pending"
+        if has_cb:
+            v = rows.get("x0")
+            out["x0"] = _STATE_CODE[v[0]] if v else "pending"
+        return out
+
+    def memory_usage(self, task_id: str) -> int:
+        """Bytes Redis reports for the task's keys (``MEMORY USAGE ... SAMPLES 0``)."""
+        total = 0
+        with self._errors():
+            for k in self.keys(task_id):
+                n = self.r.memory_usage(k, samples=0)
+                total += int(n or 0)
+        return total
