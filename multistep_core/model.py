@@ -95,6 +95,18 @@ def parse_ref(ref: object) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
+def retries_value(r: object) -> int | None:
+    """The one rule for a spec's ``"retries"``: a whole number >= 0 (``1`` and ``1.0`` alike,
+    since JSON and Lua's cjson cannot tell them apart); anything else (booleans, fractions,
+    negatives, strings) is no valid count and gives None. The Redis store's Lua
+    (``spec_retries`` in lib.lua) applies the same rule."""
+    if isinstance(r, bool) or not isinstance(r, (int, float)):
+        return None
+    if isinstance(r, float) and not r.is_integer():
+        return None
+    return int(r) if r >= 0 else None
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What to call: a registered function's name and JSON arguments."""
@@ -128,8 +140,10 @@ class JobSpec:
         if not isinstance(kwargs, dict):
             raise InvalidMessage("job spec 'kwargs' must be an object")
         retries = d.get("retries")
-        if retries is not None and (not isinstance(retries, int) or retries < 0):
-            raise InvalidMessage("job spec 'retries' must be a non-negative integer")
+        if retries is not None:
+            retries = retries_value(retries)
+            if retries is None:
+                raise InvalidMessage(f"job spec 'retries' must be a whole number >= 0, not {d['retries']!r}")
         return cls(fn=d["fn"], args=args, kwargs=kwargs, retries=retries)
 
 

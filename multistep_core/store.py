@@ -42,6 +42,7 @@ from .model import (
     TaskOptions,
     TaskState,
     parse_ref,
+    retries_value,
 )
 
 DEFAULT_LEASE = 30.0
@@ -289,7 +290,7 @@ def _spec_retries(spec: str) -> int | None:
         r = json.loads(spec).get("retries")
     except (ValueError, AttributeError):
         return None
-    return r if isinstance(r, int) and r >= 0 else None
+    return retries_value(r)
 
 
 def _spec_fn(spec: str) -> str:

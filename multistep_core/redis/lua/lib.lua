@@ -143,7 +143,7 @@ local function spec_retries(ref)
   local d = spec_table(ref)
   if d == nil then return nil end
   local r = d['retries']
-  if r == true then return 1 elseif r == false then return 0 end
+  -- the rule of model.retries_value: a whole number >= 0, else no valid count
   if type(r) == 'number' and r >= 0 and r == math.floor(r) then return r end
   return nil
 end
