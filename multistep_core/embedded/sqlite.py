@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -183,10 +184,26 @@ class SQLiteStore(RowStore):
         self.path = path
         self.max_rejected = max_rejected
         self._local = threading.local()
+        self._inherited: list[threading.local] = []
+        if hasattr(os, "register_at_fork"):  # a forked child (RQ's work horse) opens its own connections
+            ref = weakref.ref(self)
+
+            def after_fork_in_child() -> None:
+                store = ref()
+                if store is not None:
+                    store._forget_connections()
+
+            os.register_at_fork(after_in_child=after_fork_in_child)
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
         self._conn().executescript(SCHEMA)
+
+    def _forget_connections(self) -> None:
+        """In a forked child: never use (nor close) a connection of the parent; keep a reference
+        so the garbage collector does not close it in the child either."""
+        self._inherited.append(self._local)
+        self._local = threading.local()
 
     def _conn(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
