@@ -37,8 +37,9 @@ def redis_backend(url: str = "redis", *, threads: int = DEFAULT_THREADS, lease: 
                   prefix: str = "ms", **opts: Any) -> Backend:
     """``redis://host:6379/0``: state in Redis (one Lua script per transition), jobs on
     ``threads`` threads of this process (``redis`` alone: the local default)."""
-    from ..redis import DEFAULT_URL, RedisStore
+    from ..kit import store_from_url  # the Redis store, checked at connect (reachable, not evicting)
+    from ..redis import DEFAULT_URL
 
     reject_unknown(opts, {"threads", "lease", "prefix"}, "redis")
-    store = RedisStore(url if "://" in url else DEFAULT_URL, prefix=str(prefix), lease=lease)
+    store = store_from_url(url if "://" in url else DEFAULT_URL, prefix=str(prefix), lease=lease)
     return Backend(store, ThreadQueue(int(threads)), name="redis")
