@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +38,41 @@ def redis_service() -> None:
 @pytest.fixture(scope="session")
 def rabbitmq_service() -> None:
     require_service("RabbitMQ", "127.0.0.1", 5672)
+
+
+@pytest.fixture
+def evicting_redis(tmp_path: Path) -> Iterator[str]:
+    """The URL of a throwaway Redis server (its own process, a free loopback port, no
+    persistence) whose ``maxmemory-policy`` is ``allkeys-lru``: the shared server's config is
+    never changed. Skipped when ``redis-server`` is not installed."""
+    import shutil
+    import subprocess
+    import time
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:  # until it answers
+            try:
+                client.config_set("maxmemory-policy", "allkeys-lru")
+                break
+            except redis.exceptions.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the throwaway redis-server did not start"
+                time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -13,7 +13,7 @@ def where(path: str, label: str) -> None:
     """Record which process ran the job and which backend object it used."""
     import multistep_rq.job as mj
 
-    backend = mj.get_backend()
-    line = {"label": label, "pid": os.getpid(), "backend": id(backend), "built_in": mj.built_in_pid}
+    backend = mj.PROCESS.get()
+    line = {"label": label, "pid": os.getpid(), "backend": id(backend), "built_in": mj.PROCESS.built_in}
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")

@@ -12,7 +12,9 @@ import sys
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +47,7 @@ def test_bad_backend_strings_and_values() -> None:
         backend_from_url("rq+amqp://127.0.0.1:5672/")
     with pytest.raises(ConfigurationError, match="store must be"):
         backend_from_url(URL, store="mysql://x")
-    with pytest.raises(ConfigurationError, match="worker_class must be one of simple, fork"):
+    with pytest.raises(ConfigurationError, match=r"worker_class='thread' \(str\) must be one of simple, fork"):
         RQQueue(REDIS, worker_class="thread")
     with pytest.raises(ConfigurationError, match="job_timeout"):
         RQQueue(REDIS, job_timeout=0)
@@ -130,14 +132,13 @@ def test_workers_run_only_the_multistep_function(tmp_path: Path) -> None:
     canary = tmp_path / "pwned"
     backend = backend_from_url(URL, prefix=_prefix())
     queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
-    old = mj._backend
     try:
         q = backend.queue
         assert isinstance(q, RQQueue)
         rq_queue = Queue(q.rq_name(queue), connection=q.redis, serializer=JSONSerializer)
         rq_queue.enqueue("os.system", f"touch {canary}", result_ttl=0)
         rq_queue.enqueue(JOB_PATH, "forged body", on_success=Callback("os.abort"), result_ttl=0)
-        mj.set_backend(backend)
+        mj.PROCESS.set(backend)
         worker = SimpleWorker([rq_queue], connection=q.redis, serializer=JSONSerializer, job_class=MultistepJob)
         worker.work(burst=True, with_scheduler=False)
         reasons = [(r.raw, r.reason) for r in backend.rejected(10)]
@@ -145,7 +146,7 @@ def test_workers_run_only_the_multistep_function(tmp_path: Path) -> None:
         assert any(raw == "forged body" and "not JSON" in why for raw, why in reasons), reasons
         assert not canary.exists()
     finally:
-        mj._backend = old
+        mj.PROCESS.set(None)
         backend.close()
 
 
@@ -230,3 +231,98 @@ def test_supervisor_forwards_sigterm_and_restarts_a_dead_worker_process(tmp_path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> Any:
+    """Poll ``check`` until it is truthy (the event), failing at once if the worker exits."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert proc.poll() is None, f"multistep worker exited ({proc.returncode}) waiting for {what}\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log.read_text()}"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_sigkilled_worker_process_is_replaced_and_the_worker_keeps_serving(tmp_path: Path) -> None:
+    sys.path.insert(0, str(HERE))
+    try:
+        import rq_jobs
+    finally:
+        sys.path.remove(str(HERE))
+    # Given `multistep worker -c 2`: two RQ worker processes, both listening
+    url = f"{URL}?prefix={_prefix()}"
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    proc, log = _start_worker(tmp_path, url, queue, 2)
+    backend = connect(url)
+    try:
+        _wait_for("two listening RQ workers", lambda: log.read_text().count("Listening on") >= 2, proc, log)
+        victim, survivor = _children(proc.pid)
+        # When one of them is SIGKILLed
+        os.kill(victim, signal.SIGKILL)
+        # Then a replacement appears beside the survivor, and the supervisor lives on
+        kids = _wait_for("a replacement", lambda: (k := _children(proc.pid)) and len(k) == 2 and victim not in k and k,
+                         proc, log)
+        assert survivor in kids and proc.poll() is None
+        _wait_for("the replacement listening", lambda: log.read_text().count("Listening on") >= 3, proc, log)
+        # and a task submitted afterwards completes
+        journal = tmp_path / "journal.log"
+        with backend.create_task(queue=queue) as task:
+            task.add_jobs(rq_jobs.where, [(str(journal), f"j{i}") for i in range(8)])
+        assert task.wait(timeout=60).state.value == "succeeded", log.read_text()
+        assert proc.poll() is None
+    finally:
+        backend.close()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_unknown_option_names_every_option_of_the_backend() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        connect(URL + "?leas=3")
+    msg = str(info.value)
+    assert "'leas' (did you mean 'lease'?)" in msg
+    assert all(name in msg for name in multistep_rq.OPTIONS) and {"lease", "store", "prefix"} <= set(multistep_rq.OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("lease=abc", "the rq option lease='abc' (str) must be a number of seconds greater than 0, e.g. lease=30"),
+        ("lease=-1", "the rq option lease=-1 (int) must be a number of seconds greater than 0"),
+        ("job_timeout=x", "the rq option job_timeout='x' (str) must be a number of seconds >= 1, or -1 for no limit"),
+        ("job_timeout=0", "job_timeout=0 (int) must be a number of seconds >= 1, or -1 for no limit"),
+        ("failure_ttl=0", "the rq option failure_ttl=0 (int) must be an integer >= 1"),
+        ("maintenance_interval=1.5", "maintenance_interval=1.5 (float) must be an integer >= 1"),
+        ("worker_class=thread", "worker_class='thread' (str) must be one of simple, fork"),
+        ("log_level=loud", "log_level='loud' (str) must be a log level: DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("prefix=", "the rq option prefix='' (str) must be a key prefix (not empty)"),
+    ],
+)
+def test_bad_option_values_name_the_option_the_value_and_what_it_must_be(query: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        connect(f"{URL}?{query}")
+    assert type(info.value) is ConfigurationError
+    assert message in str(info.value)
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_redis_that_may_evict_keys_gets_a_warning(evicting_redis: str) -> None:
+    from multistep_core.kit import EvictionWarning
+
+    port = evicting_redis.rsplit(":", 1)[1].split("/")[0]
+    # Given a Redis with maxmemory-policy allkeys-lru, as the RQ broker
+    policy = rf"Redis at redis://127\.0\.0\.1:{port}/0 has maxmemory-policy allkeys-lru.*noeviction"
+    with pytest.warns(EvictionWarning, match=policy):
+        backend_from_url("rq+" + evicting_redis).close()
+    # as the store of another broker's backend
+    with pytest.warns(EvictionWarning, match=rf"127\.0\.0\.1:{port}.*an evicted key is a lost task"):
+        backend_from_url(URL, store=evicting_redis, prefix=_prefix()).close()
+    # and as the store of the embedded redis:// backend
+    with pytest.warns(EvictionWarning, match=rf"127\.0\.0\.1:{port}"):
+        connect(evicting_redis).close()
