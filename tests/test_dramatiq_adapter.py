@@ -10,6 +10,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +178,137 @@ def test_worker_stops_gracefully_on_a_group_sigterm(tmp_path) -> None:  # type: 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def _wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> Any:
+    """Poll ``check`` until it is truthy (the event), failing at once if the worker exits."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert proc.poll() is None, f"multistep worker exited ({proc.returncode}) waiting for {what}\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log.read_text()}"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_sigkilled_worker_process_is_replaced_and_the_worker_keeps_serving(tmp_path: Path) -> None:
+    from multistep_conformance import jobs
+
+    # Given `multistep worker -c 2` with processes=2: two Dramatiq worker processes of one thread each
+    url = f"{REDIS}?prefix=mstest{uuid.uuid4().hex[:6]}&processes=2"
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "worker.log"
+    cmd = [sys.executable, "-m", "multistep_core", "--backend", url, "worker", "multistep_conformance.jobs", "-q", queue,
+           "-c", "2"]
+    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    backend = connect(url)
+    try:
+        _wait_for("two ready worker processes", lambda: log.read_text().count("ready for action") >= 2, proc, log)
+        victim, survivor = _children(proc.pid)
+        # When one of them is SIGKILLed
+        os.kill(victim, signal.SIGKILL)
+        # Then a replacement appears beside the survivor, and `multistep worker` lives on
+        kids = _wait_for("a replacement", lambda: (k := _children(proc.pid)) and len(k) == 2 and victim not in k and k,
+                         proc, log)
+        assert survivor in kids and proc.poll() is None
+        _wait_for("the replacement ready", lambda: log.read_text().count("ready for action") >= 3, proc, log)
+        assert "exited unexpectedly" not in log.read_text()
+        # and a task submitted afterwards completes
+        journal = tmp_path / "journal.log"
+        journal.touch()
+        with backend.create_task(queue=queue) as task:
+            task.add_jobs(jobs.record, [(str(journal), f"j{i}") for i in range(8)])
+        assert task.wait(timeout=60).state.value == "succeeded", log.read_text()
+        assert sorted(journal.read_text().split()) == sorted(f"j{i}" for i in range(8))
+        assert proc.poll() is None
+    finally:
+        backend.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_unknown_option_names_every_option_of_the_backend() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        connect(REDIS + "?stor=redis://127.0.0.1:6379/13")
+    msg = str(info.value)
+    assert "'stor' (did you mean 'store'?)" in msg
+    assert all(name in msg for name in multistep_dramatiq.OPTIONS)
+    assert {"lease", "store", "prefix"} <= set(multistep_dramatiq.OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("lease=abc", "the dramatiq option lease='abc' (str) must be a number of seconds greater than 0, e.g. lease=30"),
+        ("lease=-1", "the dramatiq option lease=-1 (int) must be a number of seconds greater than 0"),
+        ("prefetch=0", "the dramatiq option prefetch=0 (int) must be an integer >= 1"),
+        ("processes=0", "processes=0 (int) must be an integer >= 1"),
+        ("worker_timeout=x", "worker_timeout='x' (str) must be a number of milliseconds >= 1"),
+        ("time_limit=-3", "time_limit=-3 (int) must be a number of seconds greater than 0 (0: off)"),
+        ("heartbeat=fast", "heartbeat='fast' (str) must be a number of seconds greater than 0"),
+        ("maintenance_chance=2000000", "maintenance_chance=2000000 (int) must be an integer from 0 to 1000000"),
+        ("namespace=", "namespace='' (str) must be a string (not empty)"),
+        ("confirm=2", "confirm=2 (int) must be true or false"),
+    ],
+)
+def test_bad_option_values_name_the_option_the_value_and_what_it_must_be(query: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        connect(f"{REDIS}?{query}")
+    assert type(info.value) is ConfigurationError
+    assert message in str(info.value)
+
+
+def test_a_rabbitmq_broker_needs_a_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given no store= and no $MULTISTEP_STORE: task state must not land in some default Redis
+    monkeypatch.delenv("MULTISTEP_STORE", raising=False)
+    with pytest.raises(ConfigurationError) as info:
+        connect("dramatiq+amqp://guest:secret@rabbit.internal:5672/")
+    msg = str(info.value)
+    assert type(info.value) is ConfigurationError
+    assert "needs a store" in msg and "secret" not in msg
+    assert "dramatiq+amqp://guest:***@rabbit.internal:5672/?store=redis://rabbit.internal:6379/0" in msg
+
+
+@pytest.mark.usefixtures("rabbitmq_service")
+def test_a_wrong_rabbitmq_password_is_a_connection_error_at_connect() -> None:
+    with pytest.raises(BackendConnectionError) as info:
+        connect("dramatiq+amqp://guest:wrong@127.0.0.1:5672/?store=redis://127.0.0.1:6379/13")
+    msg = str(info.value)
+    assert type(info.value) is BackendConnectionError
+    assert "cannot reach the Dramatiq amqp broker at amqp://guest:***@127.0.0.1:5672/" in msg
+    assert "ACCESS_REFUSED" in msg and "wrong" not in msg
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_down_broker_is_named_with_the_reason(tmp_path: Path) -> None:
+    down = "dramatiq+amqp://guest:guest@127.0.0.1:1/?store=redis://127.0.0.1:6379/13"
+    # Given a RabbitMQ that is down (a closed port): connect() says so, with the cause
+    with pytest.raises(BackendConnectionError) as info:
+        connect(down)
+    assert "cannot reach the Dramatiq amqp broker at amqp://guest:***@127.0.0.1:1/: AMQPConnectionError" in str(info.value)
+    assert "Connection refused" in str(info.value)
+    # and so does `multistep worker` (it used to print an empty reason)
+    out = subprocess.run(
+        [sys.executable, "-m", "multistep_core", "--backend", down, "worker", "multistep_conformance.jobs", "-c", "1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert out.returncode == 2 and "Connection refused" in out.stderr, out.stderr
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_redis_broker_that_may_evict_keys_gets_a_warning(evicting_redis: str) -> None:
+    from multistep_core.kit import EvictionWarning
+
+    port = evicting_redis.rsplit(":", 1)[1].split("/")[0]
+    with pytest.warns(EvictionWarning, match=rf"Redis at redis://127\.0\.0\.1:{port}/0 has maxmemory-policy allkeys-lru"):
+        backend_from_url("dramatiq+" + evicting_redis).close()
