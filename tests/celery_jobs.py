@@ -14,14 +14,14 @@ from multistep_core import job
 @job(name="celerytest.where")
 def where(path: str, label: str) -> None:
     """Record which process ran the job, which backend object it used and where that was built."""
-    from multistep_celery import _state
+    from multistep_celery.task import PROCESS
 
     backend = multistep_celery.get_backend()
     line = {
         "label": label,
         "pid": os.getpid(),
         "backend": id(backend),
-        "built_in": _state.pid,
+        "built_in": PROCESS.built_in,
         "threads": sorted(t.name for t in threading.enumerate()),
     }
     with open(path, "a") as f:

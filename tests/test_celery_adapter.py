@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ def _prefix() -> str:
 def user_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """tests/celery_user_app.py's own Celery app, attached, without leaving it as this process's
     default app for the other tests."""
-    monkeypatch.setattr(multistep_celery._state, "default_app", None)
-    monkeypatch.setattr(multistep_celery._state, "spec", None)
+    monkeypatch.setattr(multistep_celery.task._state, "default_app", None)
+    monkeypatch.setattr(multistep_celery.task.PROCESS, "spec", None)
     monkeypatch.syspath_prepend(str(HERE))
     import celery_user_app
 
@@ -51,7 +51,7 @@ def test_unknown_option_is_refused_with_a_suggestion() -> None:
         backend_from_url(REDIS, visibility=3)
     with pytest.raises(ConfigurationError, match="unknown option"):
         connect(REDIS + "?retries=3")
-    with pytest.raises(ConfigurationError, match="pool must be one of prefork, threads, solo"):
+    with pytest.raises(ConfigurationError, match=r"pool='gevent' \(str\) must be one of prefork, threads, solo"):
         backend_from_url(REDIS, pool="gevent")
 
 
@@ -84,16 +84,23 @@ def test_import_of_the_package_does_not_need_celery() -> None:
 
 @pytest.mark.parametrize("url", ["celery+redis://127.0.0.1:1/0", "celery+amqp://guest:secret@127.0.0.1:1//"])
 def test_connection_errors_name_the_url_without_password(url: str, tmp_path: Path) -> None:
-    backend = backend_from_url(url, store=f"sqlite:///{tmp_path}/t.db")
+    # Given a broker that is down (a closed port)
+    # When connecting, Then the broker is checked at once: the error names it, never the password
+    with pytest.raises(BackendConnectionError) as info:
+        backend_from_url(url, store=f"sqlite:///{tmp_path}/t.db")
+    msg = str(info.value)
+    assert "Celery" in msg and "broker at" in msg and "127.0.0.1:1" in msg and "secret" not in msg
+    assert "refused" in msg.lower()  # the cause
+    # and a queue that loses its broker later says the same when it publishes
+    q = CeleryQueue(multistep_celery.make_app(url.removeprefix("celery+")))
     try:
         with pytest.raises(BackendConnectionError) as info:
-            backend.queue.enqueue("default", ['{"x":1}'])
-        msg = str(info.value)
-        assert "127.0.0.1:1" in msg and "secret" not in msg
+            q.enqueue("default", ['{"x":1}'])
+        assert "127.0.0.1:1" in str(info.value) and "secret" not in str(info.value)
         with pytest.raises(BackendConnectionError):
-            backend.queue.ping()  # type: ignore[attr-defined]
+            q.ping()
     finally:
-        backend.close()
+        q.close()
 
 
 def _redis_messages(client: Any, key: str) -> list[dict[str, Any]]:
@@ -335,10 +342,10 @@ def test_a_message_whose_handling_fails_goes_back_to_the_queue(monkeypatch: pyte
             def handle(body: Any) -> str:
                 raise ConnectionError("store unreachable")
 
-    monkeypatch.setattr(multistep_celery, "get_backend", lambda: Down)
-    monkeypatch.setattr(multistep_celery, "REQUEUE_DELAY", 0.0)
+    monkeypatch.setattr(multistep_celery.task, "get_backend", lambda: Down)
+    monkeypatch.setattr(multistep_celery.task, "REQUEUE_DELAY", 0.0)
     with pytest.raises(Reject) as info:
-        multistep_celery.run('{"v":1,"task":"t","ref":"j0"}')
+        multistep_celery.task.run('{"v":1,"task":"t","ref":"j0"}')
     assert info.value.requeue is True and "store unreachable" in str(info.value.reason)
 
 
@@ -417,3 +424,112 @@ def test_a_job_that_kills_its_prefork_child_fails_after_max_lost_and_the_worker_
     finally:
         _stop(proc, log)
         backend.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def _wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> Any:
+    """Poll ``check`` until it is truthy (the event), failing at once if the worker exits."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert proc.poll() is None, f"multistep worker exited ({proc.returncode}) waiting for {what}\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log.read_text()}"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_sigkilled_pool_process_is_replaced_and_the_worker_keeps_serving(tmp_path: Path) -> None:
+    import celery_jobs
+
+    # Given `multistep worker -c 2` (prefork): a Celery worker with two pool processes
+    prefix = _prefix()
+    queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "worker.log"
+    cmd = [sys.executable, "-m", "multistep_core", "--backend", f"{REDIS}?prefix={prefix}", "worker", "celery_jobs",
+           "-q", queue, "-c", "2"]
+    proc = _start(cmd, log)
+    backend = backend_from_url(REDIS, prefix=prefix)
+    try:
+        _wait_ready(proc, log)
+        victim, survivor = _wait_for("two pool processes", lambda: len(k := _children(proc.pid)) == 2 and k,
+                                     proc, log)
+        # When one of them is SIGKILLed
+        os.kill(victim, signal.SIGKILL)
+        # Then Celery starts a replacement beside the survivor, and the worker lives on
+        kids = _wait_for("a replacement", lambda: (k := _children(proc.pid)) and len(k) == 2 and victim not in k and k,
+                         proc, log)
+        assert survivor in kids and proc.poll() is None
+        # and a task submitted afterwards completes
+        journal = tmp_path / "journal"
+        with backend.create_task(queue=queue) as task:
+            task.add_jobs(celery_jobs.where, [(str(journal), f"j{i}") for i in range(8)])
+        assert task.wait(timeout=60).state == "succeeded", log.read_text()
+        assert proc.poll() is None
+    finally:
+        _stop(proc, log)
+        backend.close()
+
+
+def test_unknown_option_names_every_option_of_the_backend() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        connect(REDIS + "?prefx=a")
+    msg = str(info.value)
+    assert "'prefx' (did you mean 'prefix'?)" in msg
+    assert all(name in msg for name in multistep_celery.OPTIONS)
+    assert {"lease", "store", "prefix"} <= set(multistep_celery.OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("lease=abc", "the celery option lease='abc' (str) must be a number of seconds greater than 0, e.g. lease=30"),
+        ("lease=-1", "the celery option lease=-1 (int) must be a number of seconds greater than 0"),
+        ("visibility_timeout=0", "visibility_timeout=0 (int) must be a number of seconds greater than 0"),
+        ("restore_interval=soon", "restore_interval='soon' (str) must be a number of seconds greater than 0"),
+        ("heartbeat=-5", "heartbeat=-5 (int) must be a number of seconds greater than 0"),
+        ("max_tasks_per_child=-1", "max_tasks_per_child=-1 (int) must be an integer >= 0 (0: no limit)"),
+        ("confirm=maybe", "the celery option confirm='maybe' (str) must be true or false, e.g. confirm=true"),
+        ("pool=gevent", "pool='gevent' (str) must be one of prefork, threads, solo"),
+        ("loglevel=loud", "loglevel='loud' (str) must be a log level"),
+        ("celery_app=7", "celery_app=7 (int) must be 'package.module:app' or a Celery app"),
+    ],
+)
+def test_bad_option_values_name_the_option_the_value_and_what_it_must_be(query: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        connect(f"{REDIS}?{query}")
+    assert type(info.value) is ConfigurationError
+    assert message in str(info.value)
+
+
+def test_a_rabbitmq_broker_needs_a_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given no store= and no $MULTISTEP_STORE: task state must not land in some default Redis
+    monkeypatch.delenv("MULTISTEP_STORE", raising=False)
+    with pytest.raises(ConfigurationError) as info:
+        connect("celery+amqp://guest:secret@rabbit.internal:5672//")
+    msg = str(info.value)
+    assert type(info.value) is ConfigurationError
+    assert "needs a store" in msg and "secret" not in msg
+    assert "celery+amqp://guest:***@rabbit.internal:5672//?store=redis://rabbit.internal:6379/0" in msg
+
+
+@pytest.mark.usefixtures("rabbitmq_service")
+def test_a_wrong_rabbitmq_password_is_a_connection_error_at_connect() -> None:
+    with pytest.raises(BackendConnectionError) as info:
+        connect("celery+amqp://guest:wrong@127.0.0.1:5672//?store=redis://127.0.0.1:6379/14")
+    msg = str(info.value)
+    assert type(info.value) is BackendConnectionError
+    assert "cannot reach the Celery amqp broker at amqp://guest:***@127.0.0.1:5672//" in msg
+    assert "ACCESS_REFUSED" in msg and "wrong" not in msg
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_a_redis_broker_that_may_evict_keys_gets_a_warning(evicting_redis: str) -> None:
+    from multistep_core.kit import EvictionWarning
+
+    port = evicting_redis.rsplit(":", 1)[1].split("/")[0]
+    with pytest.warns(EvictionWarning, match=rf"Redis at redis://127\.0\.0\.1:{port}/0 has maxmemory-policy allkeys-lru"):
+        backend_from_url("celery+" + evicting_redis).close()
