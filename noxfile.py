@@ -56,8 +56,9 @@ def conformance(session: nox.Session, backend: str) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
+    """mypy --strict on the core, the three adapters and the conformance suite ([tool.mypy] packages)."""
     session.install("-e", ".[dev]")
-    session.run("mypy", "multistep_core")
+    session.run("mypy")
 
 
 @nox.session

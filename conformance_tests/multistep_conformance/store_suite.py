@@ -193,7 +193,7 @@ class StoreTests:
             store.retry(tid, time.time())
 
     def test_state_machine_matches_the_model(self, store: Store) -> None:
-        machine = type("Machine", (StoreMachine,), {"store": store})
+        machine: Any = type("Machine", (StoreMachine,), {"store": store})
         machine.TestCase.settings = settings(
             max_examples=25, stateful_step_count=30, deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

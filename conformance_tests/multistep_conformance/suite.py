@@ -16,7 +16,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import pytest
@@ -38,7 +38,7 @@ from .harness import DEFAULT_TIMEOUT, Harness, Journal, eventually
 T = DEFAULT_TIMEOUT
 
 
-def _closure_job():  # type: ignore[no-untyped-def]
+def _closure_job() -> Callable[[], None]:
     def inner() -> None: ...
 
     return inner
