@@ -287,7 +287,9 @@ def reason(exc: BaseException) -> str:
     """``Type: message`` of a driver error, also when its message is empty (pika's errors
     carry the cause in their arguments)."""
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(5):  # the error, then what it was raised from
+        if seen is None:
+            break
         msg = str(seen).strip() or "; ".join(str(a).strip() or repr(a) for a in seen.args)
         if msg:
             return f"{type(exc).__name__}: {msg}" if seen is exc else f"{type(exc).__name__} ({type(seen).__name__}: {msg})"
