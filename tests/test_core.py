@@ -20,8 +20,8 @@ from multistep_core import (
     job,
 )
 from multistep_core.config import resolve
-from multistep_core.options import split_options
 from multistep_core.model import decode_message, encode_message
+from multistep_core.options import split_options
 
 
 def test_import_needs_no_queue_library() -> None:
