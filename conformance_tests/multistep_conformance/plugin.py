@@ -1,8 +1,10 @@
-"""pytest plugin (entry point ``pytest11``): the suite's command-line option.
+"""pytest plugin (entry point ``pytest11``): the suite's command-line options.
 
     python -m pytest --pyargs multistep_conformance --multistep-backend=rq+redis://127.0.0.1:6379/15
 
 ``--multistep-backend`` defaults to ``$MULTISTEP_BACKEND``, else ``memory``.
+``--multistep-differential-examples=N`` runs N random sequences in each differential test
+(default: ``$MULTISTEP_DIFFERENTIAL_EXAMPLES``, else the test class's ``examples``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--multistep-backend",
         default=os.environ.get("MULTISTEP_BACKEND", "memory"),
         help="backend string to run the conformance suite against (default: $MULTISTEP_BACKEND or memory)",
+    )
+    group.addoption(
+        "--multistep-differential-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="random sequences per differential test (default: $MULTISTEP_DIFFERENTIAL_EXAMPLES, else the class's "
+        "examples, 40); raise it for a longer hunt",
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from multistep_conformance import BackendTests, StoreTests
+from multistep_conformance import BackendTests, DifferentialTests, StoreTests
 
 pytestmark = pytest.mark.conformance
 
@@ -15,3 +15,8 @@ class TestStore(StoreTests):
 
 class TestBackend(BackendTests):
     """End-to-end behaviour of the configured backend."""
+
+
+class TestDifferential(DifferentialTests):
+    """The configured backend's store against the reference RowStore (skipped when it is the
+    reference itself)."""
