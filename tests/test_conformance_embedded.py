@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 
-from multistep_conformance import BackendTests, StoreTests
+import pytest
+from multistep_conformance import BackendTests, DifferentialTests, StoreTests
+
+from multistep_core import Store
+from multistep_core.embedded.sqlite import SQLiteStore
 
 _DB = os.path.join(tempfile.mkdtemp(prefix="multistep-conf-"), "tasks.db")
 
@@ -24,3 +29,17 @@ class TestSQLiteStore(StoreTests):
 
 class TestSQLiteBackend(BackendTests):
     backend_string = f"sqlite:///{_DB}"
+
+
+class TestSQLiteAgainstTheReference(DifferentialTests):
+    """SQLiteStore is a RowStore too, but with its own Txn primitives: the differential test
+    checks they behave like the memory ones (a fresh database file for the class)."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def native_store(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+        store = SQLiteStore(str(tmp_path_factory.mktemp("differential") / "tasks.db"), lease=cls.lease)
+        try:
+            yield store
+        finally:
+            store.close()
