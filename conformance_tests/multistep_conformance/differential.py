@@ -57,9 +57,12 @@ shorter retention would make finished tasks expire on the wall clock at once.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -86,12 +89,14 @@ from .differential_ops import (
     Run,
     by_name,
     clock_targets,
+    specs,
 )
 
 LEASE = 5.0
 EXAMPLES = 30
 STEPS = 100
 EXAMPLES_ENV = "MULTISTEP_DIFFERENTIAL_EXAMPLES"
+ROUND = 10  # random sequences per Hypothesis run while a time budget applies
 
 
 class Disagreement(AssertionError):
@@ -138,7 +143,7 @@ class Pair:
         """Call row ``name`` on both stores with ``args``, compare, then compare the reads of
         the tasks it was about."""
         result = self.step(self.ops[name], args)
-        self.check_reads()
+        self.check_reads(every_read=True)
         return result
 
     def step(self, op: Op, args: Args) -> Any:
@@ -167,13 +172,14 @@ class Pair:
         self.run.now = when
         self.log.append(f"{len(self.log) + 1:4d} {self.run.clock():>10}  (clock moved{': ' + why if why else ''})")
 
-    def check_reads(self, everything: bool = False) -> None:
-        """Compare the reads: of every task (``everything``) or of those the last step was
-        about (every step: the run's tasks in ``list_tasks``, with every progress field)."""
+    def check_reads(self, everything: bool = False, every_read: bool = False) -> None:
+        """Compare the reads of the tasks the last step was about, those due after it (always
+        the run's tasks in ``list_tasks``, with every progress field), or every read
+        (``every_read``); ``everything``: every read of every task."""
         run = self.run
         tasks = sorted(self.created if everything else self.touched & self.created)
         for read in self.reads:
-            if not (everything or read.after is None or self.last in read.after):
+            if not (everything or every_read or read.after is None or self.last in read.after):
                 continue
             for tid in tasks if read.per_task else [""]:
                 a = outcome(lambda: read.apply(self.reference, run, tid), self.messages)  # noqa: B023
@@ -231,10 +237,12 @@ ALWAYS = frozenset({"create_task", "add_jobs", "seal", "start", "finish"})  # ro
 
 
 class DifferentialMachine(RuleBasedStateMachine):
-    """Random sequences on both stores. Each step is one row of the operation table, drawn
-    in proportion to its weight, or a move of the clock; each sequence leaves some rows out
-    (swarm testing: a sequence without deletes gets further). :func:`machine_for` makes
-    the concrete class for a store."""
+    """Random sequences on both stores. A sequence starts with a task; each step is one row
+    of the operation table, drawn in proportion to its weight, or a move of the clock. Each
+    sequence leaves some rows out, and its jobs have a handful of specs with a few kinds of
+    ``"retries"`` (swarm testing: a sequence without deletes gets further, one whose specs
+    say ``"retries": true`` fails such jobs often). :func:`machine_for` makes the concrete class
+    for a store."""
 
     native: ClassVar[Store]
     reference: ClassVar[Callable[[float], Store]] = staticmethod(lambda lease: ReferenceStore(lease=lease))
@@ -253,7 +261,11 @@ class DifferentialMachine(RuleBasedStateMachine):
         if names:
             self.left_out = data.draw(st.sets(st.sampled_from(names), max_size=len(names) // 2), label="rows left out")
         kinds = data.draw(st.sets(st.sampled_from(range(len(RETRIES))), min_size=1, max_size=3), label="retries kinds")
-        self.pair.run.retries_kinds = tuple(sorted(kinds))
+        self.pair.run.specs = tuple(data.draw(st.lists(specs(tuple(sorted(kinds))), min_size=1, max_size=8),
+                                              label="the specs of its jobs"))
+        if "create_task" in self.pair.ops:  # a sequence starts with a task
+            create = self.pair.ops["create_task"]
+            self.pair.step(create, create.args(self.pair.run, data.draw))
 
     @rule(data=st.data())
     def step(self, data: st.DataObject) -> None:
@@ -319,6 +331,27 @@ def machine_for(
 # ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def shrinking_for_at_most(seconds: int) -> Iterator[None]:
+    """Bound the time Hypothesis spends shrinking a failing sequence (its own bound is five
+    minutes, longer than a test may take here: each attempt replays a sequence on a real
+    store). Uses a Hypothesis internal; without it, Hypothesis' own bound holds."""
+    try:
+        from hypothesis.internal.conjecture import engine
+    except ImportError:  # pragma: no cover - Hypothesis moved it
+        yield
+        return
+    old = getattr(engine, "MAX_SHRINKING_SECONDS", None)
+    if old is None:  # pragma: no cover
+        yield
+        return
+    engine.MAX_SHRINKING_SECONDS = seconds
+    try:
+        yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = old
+
+
 def _drop_prefix(store: Store, prefix: str) -> None:
     """Remove the keys under the throw-away prefix the test gave a Redis-backed store."""
     client = getattr(store, "r", None)
@@ -338,6 +371,8 @@ class DifferentialTests:
     examples: ClassVar[int] = EXAMPLES  # random sequences per run (see --multistep-differential-examples)
     steps: ClassVar[int] = STEPS  # steps per sequence, at most
     compare_error_messages: ClassVar[bool] = True  # False: exceptions compared by class only
+    time_budget: ClassVar[float] = 30.0  # seconds of random sequences (then the round ends), unless their number was asked for
+    shrink_seconds: ClassVar[int] = 90  # then the smallest failing sequence found so far is shown
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -371,19 +406,34 @@ class DifferentialTests:
             pytest.skip(f"the store under test is the reference itself ({type(native).__name__})")
         return Pair(native, reference, self.ops, messages=self.compare_error_messages)
 
-    def _examples(self, request: pytest.FixtureRequest) -> int:
-        opt = request.config.getoption("--multistep-differential-examples", default=None)
-        return int(opt or os.environ.get(EXAMPLES_ENV) or self.examples)
+    def _examples(self, request: pytest.FixtureRequest) -> tuple[int, bool]:
+        """How many random sequences, and whether they were asked for (then no time budget)."""
+        asked = request.config.getoption("--multistep-differential-examples", default=None) or os.environ.get(
+            EXAMPLES_ENV)
+        return (int(asked), True) if asked else (self.examples, False)
 
     # -- random sequences ------------------------------------------------------------------
     def test_random_sequences_agree(self, native_store: Store, request: pytest.FixtureRequest) -> None:
         self.pair(native_store)  # skips when the store under test is the reference itself
         machine = machine_for(native_store, self.ops, reference=self.reference_store,
                               messages=self.compare_error_messages)
-        run_state_machine_as_test(machine, settings=settings(
-            max_examples=self._examples(request), stateful_step_count=self.steps, deadline=None, print_blob=True,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-        ))
+        examples, asked = self._examples(request)
+        # Unless their number was asked for, the sequences run in rounds while the time budget
+        # lasts: a slow or busy store must not turn the test into a timeout.
+        until = None if asked else time.monotonic() + self.time_budget
+        done = 0
+        with shrinking_for_at_most(self.shrink_seconds):
+            while done < examples and (until is None or time.monotonic() < until):
+                n = examples if until is None else min(ROUND, examples - done)
+                run_state_machine_as_test(machine, settings=settings(
+                    max_examples=n, stateful_step_count=self.steps, deadline=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                           HealthCheck.data_too_large],
+                ))
+                done += n
+        if done < examples:
+            warnings.warn(f"differential test: {done} of {examples} random sequences ran within the "
+                          f"{self.time_budget:g}s budget (a slow or busy store?)", stacklevel=1)
 
     # -- chosen sequences ------------------------------------------------------------------
     def test_spec_retries_one_point_zero_is_retried_exactly_once(self, native_store: Store) -> None:
@@ -409,19 +459,19 @@ class DifferentialTests:
     def test_every_kind_of_spec_retries_agrees(self, native_store: Store) -> None:
         """A job whose spec carries each kind of "retries" (and none), failing until it fails
         for good, under a task that retries nothing and one that retries twice."""
-        with self.pair(native_store) as p:
-            for max_retries in (0, 2):
-                for i, retries in enumerate(RETRIES):
-                    tid = p.run.tid(f"r{max_retries}-{i}")
+        for max_retries in (0, 2):
+            for retries in RETRIES:
+                with self.pair(native_store) as p:
+                    a = p.run.tid("a")
                     spec = {"fn": "m:a", "args": []} | ({} if retries is ABSENT else {"retries": retries})
-                    p.do("create_task", task_id=tid,
+                    p.do("create_task", task_id=a,
                          options=TaskOptions(max_retries=max_retries, backoff=0.0, retention=RETENTION))
-                    p.do("add_jobs", task_id=tid, kind="j", specs=[json.dumps(spec)])
-                    p.do("seal", task_id=tid)
+                    p.do("add_jobs", task_id=a, kind="j", specs=[json.dumps(spec)])
+                    p.do("seal", task_id=a)
                     for attempt in range(1, 5):
-                        if not p.do("start", task_id=tid, ref="j0").run:
+                        if not p.do("start", task_id=a, ref="j0").run:
                             break
-                        p.do("finish", task_id=tid, ref="j0", attempt=attempt, outcome="error",
+                        p.do("finish", task_id=a, ref="j0", attempt=attempt, outcome="error",
                              error_type="ValueError", message=f"attempt {attempt}")
 
     def test_lost_leases_and_backoff_on_the_logical_clock(self, native_store: Store) -> None:

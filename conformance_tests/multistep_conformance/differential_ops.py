@@ -226,14 +226,26 @@ class ReferenceStore(MemoryStore):
 # ---------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _weighted(weights: tuple[int, ...]) -> st.SearchStrategy[int]:
+    return st.sampled_from([i for i, w in enumerate(weights) for _ in range(w)])
+
+
+def one_of(draw: Draw[Any], items: Sequence[T]) -> T:
+    """One of ``items`` (shrinking goes towards the first)."""
+    index: int = draw(st.integers(0, len(items) - 1))
+    return items[index]
+
+
 def pick(draw: Draw[Any], pools: Sequence[Sequence[T]], weights: Sequence[int]) -> T:
-    """One item of one of the non-empty ``pools``, chosen in proportion to ``weights``
-    (shrinking goes towards the first pool's first item)."""
-    choices = [i for i, (p, w) in enumerate(zip(pools, weights, strict=True)) if p for _ in range(w)]
-    if not choices:
-        raise ValueError("nothing to pick from")
-    pool = pools[draw(st.sampled_from(choices))]
-    return draw(st.sampled_from(pool))  # type: ignore[no-any-return]
+    """One item of ``pools[i]``, ``i`` drawn in proportion to ``weights``, or of the next
+    non-empty pool after it (the draw means the same whatever the pools hold; shrinking
+    goes towards the first pool's first item)."""
+    i = draw(_weighted(tuple(weights)))
+    for pool in [*pools[i:], *pools[:i]]:
+        if pool:
+            return one_of(draw, pool)
+    raise ValueError("nothing to pick from")
 
 
 def _eps(k: int) -> float:
@@ -279,7 +291,7 @@ class Run:
     transitions: int = 0
     running: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # → attempt, lease end
     attempts: dict[tuple[str, str], int] = field(default_factory=dict)
-    retries_kinds: tuple[int, ...] = tuple(range(len(RETRIES)))  # the kinds of "retries" its specs carry
+    specs: tuple[str, ...] = ('{"fn":"m:a","args":[]}',)  # the specs its jobs have (drawn once per sequence)
     _views: dict[str, TaskView] = field(default_factory=dict)
 
     @property
@@ -409,7 +421,8 @@ class Op:
     start began; called only when the call did not raise); ``supported(store)`` says whether a store has the call at all.
     ``moves_clock``: a transition, after which the logical clock moves on by a millisecond
     or two (reads do not move it). ``weight``: how often the random sequences pick the row,
-    relative to the others (a finish is 12, a delete 1), or a function of the run."""
+    relative to the others (a finish is 12, a delete 1), or a function of the run (a seal is
+    likelier while a task is open with jobs)."""
 
     name: str
     args: ArgsFn
@@ -498,8 +511,7 @@ def _add_args(run: Run, draw: Draw[Any]) -> Args:
     # and are a test of their own.
     kind = draw(st.sampled_from(["j"] * 4 + ["f"] * 2 + ["x", "z"]))
     n = 1 if kind == "x" else draw(st.sampled_from([1, 1, 2, 2, 3, 0, 4]))
-    return {"task_id": run.pick_task(draw, is_open), "kind": kind,
-            "specs": draw(st.lists(specs(run.retries_kinds), min_size=n, max_size=n))}
+    return {"task_id": run.pick_task(draw, is_open), "kind": kind, "specs": [one_of(draw, run.specs) for _ in range(n)]}
 
 
 def _start_args(run: Run, draw: Draw[Any]) -> Args:
@@ -626,12 +638,12 @@ def _learn_delete(run: Run, a: Args, result: Any, now: float) -> None:
     run.forget(a["task_id"])
 
 
+# -- the rows -------------------------------------------------------------------------------
+
 def _when(want: Callable[[TaskView], Any], often: int, rarely: int = 1) -> Callable[[Run], int]:
     """A weight: ``often`` while some task of the run is as ``want`` says, else ``rarely``."""
     return lambda run: often if run.any_task(want) else rarely
 
-
-# -- the rows -------------------------------------------------------------------------------
 
 OPS: tuple[Op, ...] = (
     Op("create_task", _create_args, lambda s, now, a: s.create_task(a["task_id"], a["options"], now),
@@ -678,7 +690,8 @@ def by_name(ops: Iterable[Op]) -> dict[str, Op]:
 @dataclass(frozen=True)
 class Read:
     """A read compared after a step: per task the step was about (``per_task``) or once,
-    after every step or only after the rows named in ``after``."""
+    after every step or only after the rows named in ``after`` (and at the end of a
+    sequence, and after every call of a chosen sequence)."""
 
     name: str
     apply: Callable[[Store, Run, str], Any]
@@ -692,9 +705,10 @@ def _has_job_states(store: Store) -> bool:
 
 
 READS: tuple[Read, ...] = (
-    Read("progress", lambda s, run, tid: s.progress(tid)),
+    # progress of every task of the run is compared after every step through list_tasks
+    Read("progress", lambda s, run, tid: s.progress(tid), after=frozenset()),
     Read("failures", lambda s, run, tid: s.failures(tid)),
-    Read("results", lambda s, run, tid: s.results(tid)),
+    Read("results", lambda s, run, tid: s.results(tid), after=frozenset({"finish", "finish_then_start"})),
     Read("job_states", lambda s, run, tid: s.job_states(tid), supported=_has_job_states),
     Read("list_tasks", lambda s, run, tid: norm_listed(s.list_tasks(None, MAX_LISTED), run), per_task=False),
     Read("rejected", lambda s, run, tid: rejected_of(s.rejected(1000), run), per_task=False,
