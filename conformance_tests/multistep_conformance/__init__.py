@@ -22,12 +22,12 @@ for backends whose jobs run outside the test process.
 """
 
 from .differential import DifferentialMachine, DifferentialTests, Disagreement, Pair, machine_for
-from .differential_ops import OPS, Op, Run
+from .differential_ops import OPS, Op, ReferenceStore, Run
 from .harness import Harness, Journal, eventually
 from .store_suite import StoreMachine, StoreTests
 from .suite import BackendTests
 
 __all__ = [
     "OPS", "BackendTests", "DifferentialMachine", "DifferentialTests", "Disagreement", "Harness", "Journal", "Op",
-    "Pair", "Run", "StoreMachine", "StoreTests", "eventually", "machine_for",
+    "Pair", "ReferenceStore", "Run", "StoreMachine", "StoreTests", "eventually", "machine_for",
 ]
