@@ -90,7 +90,6 @@ def text(max_size: int = 8) -> st.SearchStrategy[str]:
     return st.sampled_from(ODD_TEXT) | st.text(st.characters(exclude_categories=["Cs"]), max_size=max_size)
 
 
-
 HUGE_INTS = (10**30, -(10**30), 2**53 + 1, 2**63, -(2**63) - 1, 10**400)
 
 
@@ -488,10 +487,6 @@ def failure(args: Args, now: float) -> Failure | None:
 
 
 # -- arguments ------------------------------------------------------------------------------
-
-
-def _task_args(run: Run, draw: Draw[Any]) -> Args:
-    return {"task_id": run.pick_task(draw)}
 
 
 def _create_args(run: Run, draw: Draw[Any]) -> Args:
