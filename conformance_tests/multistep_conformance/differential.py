@@ -474,6 +474,48 @@ class DifferentialTests:
                         p.do("finish", task_id=a, ref="j0", attempt=attempt, outcome="error",
                              error_type="ValueError", message=f"attempt {attempt}")
 
+    def test_failure_policies_callbacks_and_retries_agree(self, native_store: Store) -> None:
+        """Each policy through failures, retries of jobs, of the callback and of a finalizer,
+        and retries of the task, until it succeeds (steps a state makes pointless are still
+        compared: a start the task refuses, say)."""
+        script = [
+            "j0 error", "j0 error", "j1 ok", "x0 error", "retry", "j0 error", "j0 error", "j1 ok", "x0 error",
+            "x0 ok", "retry", "j0 ok", "f0 error", "f0 error", "x0 ok", "retry", "j0 ok", "f0 ok", "claim",
+        ]
+        for policy in Policy:
+            with self.pair(native_store) as p:
+                a = p.run.tid("a")
+                p.do("create_task", task_id=a, options=TaskOptions(policy=policy, max_retries=1, backoff=0.0,
+                                                                     retention=RETENTION))
+                p.do("add_jobs", task_id=a, kind="j", specs=['{"fn":"m:a"}', '{"fn":"m:b"}'])
+                p.do("add_jobs", task_id=a, kind="f", specs=['{"fn":"m:f"}'])
+                p.do("add_jobs", task_id=a, kind="x", specs=['{"fn":"m:x"}'])
+                p.do("seal", task_id=a)
+                for step in script:
+                    if step == "retry":
+                        p.do("retry", task_id=a)
+                    elif step == "claim":
+                        p.tick_to(p.run.now + 1000.0)
+                        p.do("claim_due", limit=1000)
+                    else:
+                        self._work(p, a, *step.split())
+                for _ in range(5):  # then every job and finalizer succeeds
+                    view = p.run.view(a)
+                    if view.state == "failed":
+                        p.do("retry", task_id=a)
+                    for ref in view.startable():
+                        self._work(p, a, ref, "ok")
+                progress = p.reference.progress(a)
+                assert progress is not None and progress.state == TaskState.SUCCEEDED, (policy, progress)
+
+    @staticmethod
+    def _work(p: Pair, task_id: str, ref: str, how: str) -> None:
+        """A worker's start of ``ref`` and, if it may run, its outcome (``ok`` or ``error``)."""
+        started = p.do("start", task_id=task_id, ref=ref)
+        if started.run:
+            p.do("finish", task_id=task_id, ref=ref, attempt=started.attempt, outcome=how, error_type="ValueError",
+                 message=f"{ref} {how}", result="1")
+
     def test_lost_leases_and_backoff_on_the_logical_clock(self, native_store: Store) -> None:
         # Given a task whose jobs may fail once (backoff 2s) and lose their worker once
         with self.pair(native_store) as p:
