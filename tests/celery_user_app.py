@@ -8,8 +8,9 @@ import os
 import celery_jobs  # noqa: F401 - registers the multistep jobs this app's workers run
 import multistep_celery
 from celery import Celery
+from services import REDIS_ADDR
 
-app = Celery("celerytest", broker=os.environ.get("CELERYTEST_BROKER", "redis://127.0.0.1:6379/14"), set_as_current=False)
+app = Celery("celerytest", broker=os.environ.get("CELERYTEST_BROKER", f"redis://{REDIS_ADDR}/14"), set_as_current=False)
 multistep_celery.attach(app, os.environ.get("CELERYTEST_BACKEND"))
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from services import REDIS_HOST, REDIS_PORT
 
 CI = bool(os.environ.get("CI"))
 
@@ -32,7 +33,7 @@ def require_service(name: str, host: str, port: int) -> None:
 
 @pytest.fixture(scope="session")
 def redis_service() -> None:
-    require_service("Redis", "127.0.0.1", 6379)
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
 
 
 @pytest.fixture(scope="session")

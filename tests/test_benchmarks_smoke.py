@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from services import REDIS_ADDR
 
 from benchmarks import report
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS = "redis://127.0.0.1:6379/11"
+REDIS = f"redis://{REDIS_ADDR}/11"
 OLD_RESULTS = ROOT / "benchmarks" / "results-2026-11-28.jsonl"  # written with create_100k_jobs_per_s
 
 
@@ -27,7 +28,7 @@ def _redis_or_skip() -> None:
     except Exception:
         if os.environ.get("CI") == "true":
             raise
-        pytest.skip("no Redis at 127.0.0.1:6379")
+        pytest.skip(f"no Redis at {REDIS_ADDR}")
 
 
 def _fanin(*args: str, module: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:

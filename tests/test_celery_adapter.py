@@ -24,9 +24,10 @@ pytest.importorskip("celery")
 
 import multistep_celery
 from multistep_celery import TASK_NAME, CeleryQueue, backend_from_url
+from services import REDIS_ADDR
 
 HERE = Path(__file__).parent
-REDIS = "celery+redis://127.0.0.1:6379/14"
+REDIS = f"celery+redis://{REDIS_ADDR}/14"
 AMQP = "celery+amqp://guest:guest@127.0.0.1:5672//"
 
 
@@ -119,7 +120,7 @@ def test_wire_format_is_json_and_names_the_one_task() -> None:
         bodies = [json.dumps({"i": i}) for i in range(2500)]
         q.enqueue(queue, bodies)
         q.publish_raw(queue, "not json at all")
-        client = redis.Redis.from_url("redis://127.0.0.1:6379/14")
+        client = redis.Redis.from_url(f"redis://{REDIS_ADDR}/14")
         msgs = _redis_messages(client, f"multistep.celery.{queue}")
         assert len(msgs) == 2501
         assert {m["content-type"] for m in msgs} == {"application/json"}  # JSON, never pickle
@@ -174,7 +175,7 @@ def test_a_user_app_is_used_unchanged_and_publishes_json(user_app: Any) -> None:
         assert backend.name == "celery+redis"
         # the app's own pickle serializer is not used for multistep's messages
         q.enqueue(queue, ['{"v":1}'])
-        (msg,) = _redis_messages(redis.Redis.from_url("redis://127.0.0.1:6379/14"), f"multistep.celery.{queue}")
+        (msg,) = _redis_messages(redis.Redis.from_url(f"redis://{REDIS_ADDR}/14"), f"multistep.celery.{queue}")
         assert msg["content-type"] == "application/json" and msg["headers"]["task"] == TASK_NAME
         assert dict(user_app.conf.broker_transport_options or {}) == before  # nothing app-wide changed
         assert user_app.conf.task_serializer == "pickle"
@@ -184,13 +185,13 @@ def test_a_user_app_is_used_unchanged_and_publishes_json(user_app: Any) -> None:
         user_app.conf.task_serializer = old_serializer
         backend.close()
     with pytest.raises(ConfigurationError, match="Celery app uses"):
-        backend_from_url("celery+redis://127.0.0.1:6379/3", celery_app=user_app)
+        backend_from_url(f"celery+redis://{REDIS_ADDR}/3", celery_app=user_app)
 
 
 def test_a_foreign_task_with_the_same_name_is_refused() -> None:
     from celery import Celery
 
-    app = Celery("other", broker="redis://127.0.0.1:6379/14", set_as_current=False)
+    app = Celery("other", broker=f"redis://{REDIS_ADDR}/14", set_as_current=False)
 
     @app.task(name=TASK_NAME)
     def impostor(x: Any) -> None: ...
@@ -202,7 +203,7 @@ def test_a_foreign_task_with_the_same_name_is_refused() -> None:
 
 @pytest.mark.usefixtures("rabbitmq_service")
 def test_amqp_enqueue_and_purge() -> None:
-    backend = backend_from_url(AMQP, store="redis://127.0.0.1:6379/14", prefix=_prefix())
+    backend = backend_from_url(AMQP, store=f"redis://{REDIS_ADDR}/14", prefix=_prefix())
     q = backend.queue
     assert isinstance(q, CeleryQueue)
     queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
@@ -353,7 +354,7 @@ def test_a_message_whose_handling_fails_goes_back_to_the_queue(monkeypatch: pyte
 def test_a_dead_pooled_connection_is_replaced_and_nothing_is_lost() -> None:
     import socket
 
-    backend = backend_from_url(AMQP, store="redis://127.0.0.1:6379/14", prefix=_prefix())
+    backend = backend_from_url(AMQP, store=f"redis://{REDIS_ADDR}/14", prefix=_prefix())
     q = backend.queue
     assert isinstance(q, CeleryQueue)
     queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
@@ -378,7 +379,7 @@ def test_a_dead_pooled_connection_is_replaced_and_nothing_is_lost() -> None:
 
 @pytest.mark.usefixtures("rabbitmq_service")
 def test_publisher_confirms_on_request() -> None:
-    backend = backend_from_url(AMQP, store="redis://127.0.0.1:6379/14", prefix=_prefix(), confirm=True)
+    backend = backend_from_url(AMQP, store=f"redis://{REDIS_ADDR}/14", prefix=_prefix(), confirm=True)
     q = backend.queue
     assert isinstance(q, CeleryQueue)
     queue = f"adaptertest-{uuid.uuid4().hex[:6]}"
@@ -519,7 +520,7 @@ def test_a_rabbitmq_broker_needs_a_store(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.usefixtures("rabbitmq_service")
 def test_a_wrong_rabbitmq_password_is_a_connection_error_at_connect() -> None:
     with pytest.raises(BackendConnectionError) as info:
-        connect("celery+amqp://guest:wrong@127.0.0.1:5672//?store=redis://127.0.0.1:6379/14")
+        connect(f"celery+amqp://guest:wrong@127.0.0.1:5672//?store=redis://{REDIS_ADDR}/14")
     msg = str(info.value)
     assert type(info.value) is BackendConnectionError
     assert "cannot reach the Celery amqp broker at amqp://guest:***@127.0.0.1:5672//" in msg

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 from multistep_conformance import BackendTests, StoreTests
+from services import REDIS_ADDR
 
 pytest.importorskip("celery")
 
-REDIS = "celery+redis://127.0.0.1:6379/14"
-AMQP = "celery+amqp://guest:guest@127.0.0.1:5672//?store=redis://127.0.0.1:6379/14&prefix=msamqp"
+REDIS = f"celery+redis://{REDIS_ADDR}/14"
+AMQP = f"celery+amqp://guest:guest@127.0.0.1:5672//?store=redis://{REDIS_ADDR}/14&prefix=msamqp"
 
 
 @pytest.mark.usefixtures("redis_service")

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 from multistep_conformance import BackendTests, StoreTests
+from services import REDIS_ADDR
 
-REDIS = "dramatiq+redis://127.0.0.1:6379/13"
-AMQP = "dramatiq+amqp://guest:guest@127.0.0.1:5672/?store=redis://127.0.0.1:6379/13&prefix=msamqp"
+REDIS = f"dramatiq+redis://{REDIS_ADDR}/13"
+AMQP = f"dramatiq+amqp://guest:guest@127.0.0.1:5672/?store=redis://{REDIS_ADDR}/13&prefix=msamqp"
 
 
 @pytest.mark.usefixtures("redis_service")

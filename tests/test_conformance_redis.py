@@ -21,11 +21,12 @@ import pytest
 from multistep_conformance import BackendTests, DifferentialTests, StoreTests
 from multistep_conformance.differential import Pair
 from multistep_conformance.differential_ops import ReferenceStore
+from services import REDIS_ADDR
 
 from multistep_core import Policy, TaskOptions
 from multistep_core.embedded.memory import MemoryStore
 
-URL = "redis://127.0.0.1:6379/11"
+URL = f"redis://{REDIS_ADDR}/11"
 
 
 @pytest.mark.usefixtures("redis_service")

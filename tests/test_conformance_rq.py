@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 from multistep_conformance import BackendTests, StoreTests
+from services import REDIS_ADDR
 
 pytest.importorskip("rq")
 
-RQ = "rq+redis://127.0.0.1:6379/15"
+RQ = f"rq+redis://{REDIS_ADDR}/15"
 
 
 @pytest.mark.usefixtures("redis_service")

@@ -23,8 +23,9 @@ pytest.importorskip("dramatiq")
 
 import multistep_dramatiq
 from multistep_dramatiq import ACTOR_NAME, DramatiqQueue, backend_from_url
+from services import REDIS_ADDR
 
-REDIS = "dramatiq+redis://127.0.0.1:6379/13"
+REDIS = f"dramatiq+redis://{REDIS_ADDR}/13"
 
 
 def test_unknown_option_is_refused_with_a_suggestion() -> None:
@@ -134,7 +135,7 @@ def test_amqp_enqueue_and_purge() -> None:
 def test_one_actor_without_dramatiq_retries_or_time_limit() -> None:
     spec = {
         "url": REDIS,
-        "options": {"lease": 5, "store": "redis://127.0.0.1:6379/13", "prefix": "ms", "heartbeat": 4},
+        "options": {"lease": 5, "store": f"redis://{REDIS_ADDR}/13", "prefix": "ms", "heartbeat": 4},
         "queues": ["multistep.a", "multistep.b"],
     }
     code = (
@@ -239,7 +240,7 @@ def test_a_sigkilled_worker_process_is_replaced_and_the_worker_keeps_serving(tmp
 
 def test_unknown_option_names_every_option_of_the_backend() -> None:
     with pytest.raises(ConfigurationError) as info:
-        connect(REDIS + "?stor=redis://127.0.0.1:6379/13")
+        connect(REDIS + f"?stor=redis://{REDIS_ADDR}/13")
     msg = str(info.value)
     assert "'stor' (did you mean 'store'?)" in msg
     assert all(name in msg for name in multistep_dramatiq.OPTIONS)
@@ -282,7 +283,7 @@ def test_a_rabbitmq_broker_needs_a_store(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.usefixtures("rabbitmq_service")
 def test_a_wrong_rabbitmq_password_is_a_connection_error_at_connect() -> None:
     with pytest.raises(BackendConnectionError) as info:
-        connect("dramatiq+amqp://guest:wrong@127.0.0.1:5672/?store=redis://127.0.0.1:6379/13")
+        connect(f"dramatiq+amqp://guest:wrong@127.0.0.1:5672/?store=redis://{REDIS_ADDR}/13")
     msg = str(info.value)
     assert type(info.value) is BackendConnectionError
     assert "cannot reach the Dramatiq amqp broker at amqp://guest:***@127.0.0.1:5672/" in msg
@@ -291,7 +292,7 @@ def test_a_wrong_rabbitmq_password_is_a_connection_error_at_connect() -> None:
 
 @pytest.mark.usefixtures("redis_service")
 def test_a_down_broker_is_named_with_the_reason(tmp_path: Path) -> None:
-    down = "dramatiq+amqp://guest:guest@127.0.0.1:1/?store=redis://127.0.0.1:6379/13"
+    down = f"dramatiq+amqp://guest:guest@127.0.0.1:1/?store=redis://{REDIS_ADDR}/13"
     # Given a RabbitMQ that is down (a closed port): connect() says so, with the cause
     with pytest.raises(BackendConnectionError) as info:
         connect(down)

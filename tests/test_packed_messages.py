@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from services import REDIS_ADDR
 
 from multistep_core import InvalidJob, TaskState, connect, job
 from multistep_core.backend import Backend
@@ -144,13 +145,13 @@ def test_redis_finish_then_start_matches_two_calls() -> None:
     from multistep_core.model import JOB, TaskOptions
     from multistep_core.redis import RedisStore
 
-    url = "redis://127.0.0.1:6379/12"
+    url = f"redis://{REDIS_ADDR}/12"
     try:
         redis.Redis.from_url(url).ping()
     except Exception:
         if os.environ.get("CI") == "true":
             raise
-        pytest.skip("no Redis at 127.0.0.1:6379")
+        pytest.skip(f"no Redis at {REDIS_ADDR}")
     st = RedisStore(url, prefix=f"packtest{os.getpid()}")
     tid = "ftos-1"
     st.create_task(tid, TaskOptions(), 1.0)

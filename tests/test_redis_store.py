@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from services import REDIS_ADDR
 
 from multistep_core import connect
 from multistep_core.errors import BackendConnectionError
@@ -26,7 +27,7 @@ from multistep_core.model import Policy, TaskOptions, TaskState
 
 redis = pytest.importorskip("redis")
 
-URL = "redis://127.0.0.1:6379/12"
+URL = f"redis://{REDIS_ADDR}/12"
 
 
 def _drop(client: Any, prefix: str) -> None:

@@ -25,9 +25,10 @@ pytest.importorskip("rq")
 
 import multistep_rq
 from multistep_rq import JOB_PATH, RQQueue, backend_from_url
+from services import REDIS_ADDR
 
-URL = "rq+redis://127.0.0.1:6379/15"
-REDIS = "redis://127.0.0.1:6379/15"
+URL = f"rq+redis://{REDIS_ADDR}/15"
+REDIS = f"redis://{REDIS_ADDR}/15"
 HERE = Path(__file__).parent
 
 
