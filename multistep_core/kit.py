@@ -66,7 +66,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
-from .errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
+from .errors import BackendConnectionError, BackendDriverMissing, ConfigurationError, MultistepError
 from .options import redact_url, reject_unknown, sqlite_path
 
 if TYPE_CHECKING:
@@ -348,10 +348,25 @@ def probe_redis(url: str, what: str) -> None:
         raise ConfigurationError(f"bad Redis URL {redact_url(url)!r} for {what}: {exc}") from None
     try:
         with reaching(what, url, redis_errors()):
-            client.ping()
+            try:
+                client.ping()
+            except redis.exceptions.ResponseError as exc:  # refused at SELECT or AUTH, not unreachable
+                raise _refused(url, what, exc) from None
             warn_if_evicting(client, url)
     finally:
         client.close()
+
+
+def _refused(url: str, what: str, exc: Exception) -> MultistepError:
+    """The error for a Redis that answers but refuses the connection's setup (``SELECT 99``)."""
+    msg = str(exc)
+    if "DB index" in msg:
+        db = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return ConfigurationError(
+            f"{what} at {redact_url(url)} has no database {db} ({msg}): use a database number from 0 to the "
+            "server's 'databases' setting minus 1 (16 databases, 0-15, by default), e.g. redis://host:6379/0"
+        )
+    return BackendConnectionError(f"{what} at {redact_url(url)} refused the connection: {reason(exc)}")
 
 
 # -- worker processes ----------------------------------------------------------------------
