@@ -204,7 +204,7 @@ def test_rejected_json(backend: Backend, url: str) -> None:
 # -- errors -------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", [["show", "nope"], ["watch", "nope"], ["retry", "nope"],
                                      ["cancel", "nope"], ["delete", "nope", "--yes"]])
-def test_missing_task_gives_not_found(url: str, command: list[str]) -> None:
+def test_missing_task_gives_not_found(backend: Backend, url: str, command: list[str]) -> None:
     r = run("-b", url, *command)
     assert r.exit_code == EXIT_NOT_FOUND, r.output
     assert "no task with id 'nope'" in r.stderr
