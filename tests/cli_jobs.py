@@ -32,3 +32,13 @@ def gated(x: int) -> int:
 @job
 def finish() -> None:
     pass
+
+
+@job
+def boom(x: int) -> None:
+    raise ValueError("the same failure every time")
+
+
+@job
+def too_big(blob: str, n: int = 0) -> None:
+    raise KeyError(f"too big: {len(blob)}")

@@ -118,6 +118,15 @@ def exit_code_of(p: TaskProgress) -> int:
     return EXIT_FAILED if p.state in (TaskState.FAILED, TaskState.CANCELLED) else EXIT_OK
 
 
+def next_steps(backend: Backend, p: TaskProgress) -> None:
+    """After a task ended failed: where to look, how to resume."""
+    if p.state != TaskState.FAILED:
+        return
+    resume = f"multistep retry {p.task_id}" + (" -i MODULE (the module defining its jobs)"
+                                               if backend.queue.in_process else "")
+    hint(f"see what failed with: multistep show {p.task_id}; after fixing the cause: {resume}")
+
+
 # -- the backend ---------------------------------------------------------------------------
 class State:
     """What the group passes to its commands: the backend string and, once made, the backend."""

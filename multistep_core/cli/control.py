@@ -23,9 +23,9 @@ from .base import (
     exit_code_of,
     fail,
     get_task,
-    hint,
     import_modules,
     json_option,
+    next_steps,
     obj,
     out,
     progress_json,
@@ -37,15 +37,6 @@ def bar_line(p: TaskProgress) -> str:
     failed = f"[red]{p.failed} failed[/red], " if p.failed else ""
     return (f"jobs {p.done}/{p.total} ({failed}{p.running} running)  "
             f"finalizers {p.finalizers_done}/{p.finalizers_total}  state {p.state.value}")
-
-
-def next_steps(backend: Backend, p: TaskProgress) -> None:
-    """After a task ended failed: where to look, how to resume."""
-    if p.state != TaskState.FAILED:
-        return
-    resume = f"multistep retry {p.task_id}" + (" -i MODULE (the module defining its jobs)"
-                                               if backend.queue.in_process else "")
-    hint(f"see what failed with: multistep show {p.task_id}; after fixing the cause: {resume}")
 
 
 def follow(task: Task, timeout: float | None, *, live: bool, interval: float = 0.1) -> tuple[TaskProgress, bool]:

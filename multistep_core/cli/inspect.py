@@ -20,6 +20,7 @@ from .base import (
     hint,
     is_memory,
     json_option,
+    next_steps,
     obj,
     out,
     progress_json,
@@ -123,8 +124,7 @@ def show(ctx: click.Context, task_id: str, limit: int, as_json: bool) -> None:
             rest = sum(g.count for g in groups[limit:])
             console.print(Text(f"... {len(groups) - limit} more group(s), {rest} failure(s): "
                                f"show {task_id} --limit {len(groups)}", style="yellow"))
-    if p.state == TaskState.FAILED:
-        hint(f"after fixing the cause: multistep retry {task_id}")
+    next_steps(backend, p)
     ctx.exit(exit_code_of(p))
 
 

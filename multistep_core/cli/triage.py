@@ -18,7 +18,7 @@ from ..model import Failure
 from .base import when
 
 ARGS_SHOWN = 3  # arguments of the first few failures of a group
-ARGS_WIDTH = 120  # characters of one job's arguments on screen
+ARGS_WIDTH = 60  # characters of one job's arguments on screen (one line of an 80-column panel)
 TRACEBACK_LINES = 40  # last lines of a group's traceback on screen
 
 
