@@ -42,3 +42,12 @@ def boom(x: int) -> None:
 @job
 def too_big(blob: str, n: int = 0) -> None:
     raise KeyError(f"too big: {len(blob)}")
+
+
+@job
+def record(path: str, *items: object) -> None:
+    """Append one JSON line of ``items`` to ``path`` (a journal tests read back)."""
+    import json
+
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(list(items)) + "\n")
