@@ -5,7 +5,7 @@ Subclass :class:`BackendTests` and say which backend to test::
     class TestMyBackend(BackendTests):
         backend_string = "mypkg.backend:factory"
 
-Each test names the contract rule it checks (see CONTRACT.md). Outcomes are read from
+Each test names the contract rule it checks (docs/contract.md in the repository: "Lifecycle", "Guarantees under real faults", "Input rules"). Outcomes are read from
 the journal the jobs write and from the store, not only from the API under test.
 """
 
