@@ -5,7 +5,8 @@ Subclass :class:`BackendTests` and say which backend to test::
     class TestMyBackend(BackendTests):
         backend_string = "mypkg.backend:factory"
 
-Each test names the contract rule it checks (docs/contract.md in the repository: "Lifecycle", "Guarantees under real faults", "Input rules"). Outcomes are read from
+Each test names the contract rule it checks (docs/contract.md in the repository: its
+"Lifecycle", "Guarantees under real faults" and "Input rules"). Outcomes are read from
 the journal the jobs write and from the store, not only from the API under test.
 """
 
@@ -447,8 +448,9 @@ class BackendTests:
 
     # -- worker faults (backends with separate worker processes) ----------------------
     def _need_workers(self, harness: Harness) -> None:
-        if not harness.external:
-            pytest.skip("capability: separate worker processes (this backend runs jobs in-process)")
+        reason = harness.no_separate_workers()
+        if reason:
+            pytest.skip(reason)
 
     def _kill_worker_running(self, harness: Harness, journal: Journal, label: str, gate: str) -> None:
         """Wait until ``label`` (a :func:`jobs.block`) started, SIGKILL its worker, open the gate
