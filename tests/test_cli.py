@@ -181,8 +181,8 @@ def test_retry_runs_failed_jobs_in_process(backend: Backend, url: str) -> None:
 def test_delete_asks_unless_yes(backend: Backend, url: str) -> None:
     finished_task(backend, "del-1")
     r = run("-b", url, "delete", "del-1", input="n\n")
-    assert r.exit_code != EXIT_OK
-    assert backend.get_task("del-1")  # still there
+    assert r.exit_code == EXIT_FAILED and "Aborted!" in r.stderr  # declined, not crashed
+    assert backend.get_task("del-1").state == TaskState.SUCCEEDED  # still there
     r = run("-b", url, "delete", "del-1", input="y\n")
     assert r.exit_code == EXIT_OK, r.output
     finished_task(backend, "del-2")

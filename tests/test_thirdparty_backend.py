@@ -51,7 +51,8 @@ def test_a_queue_that_misdeclares_in_process_is_refused_not_killed(tmp_path: Pat
         Harness(f"spoolq:misdeclared_backend?dir={tmp_path}")
     # Then the harness says what to change, and this process is alive to read it
     msg = str(info.value)
-    assert f"MisdeclaredSpoolQueue.in_process is False, but the suite's job ran in the test process itself (pid {os.getpid()})" in msg
+    assert ("MisdeclaredSpoolQueue.in_process is False, but the suite's job ran in the test process itself "
+            f"(pid {os.getpid()})") in msg
     assert "must set `in_process = True`" in msg and "skips its worker-kill tests instead of killing itself" in msg
 
 
