@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import InvalidJob, InvalidTransition, TaskFailed, TaskNotFound, WaitTimeout
-from .hints import failure_callback_spec, refuse_main_job, wait_timeout_message
+from .hints import check_retention, failure_callback_spec, refuse_main_job, wait_timeout_message
 from .model import (
     CALLBACK,
     FINALIZER,
@@ -110,6 +110,7 @@ class Backend:
         if task_id is None:
             task_id = f"task-{os.urandom(8).hex()}"
         validate_task_id(task_id)
+        check_retention(retention)
         try:
             pol = Policy(policy)
         except ValueError:
@@ -314,7 +315,9 @@ class Task:
         return self.progress().state
 
     def failures(self) -> list[Failure]:
-        """Jobs and finalizers that failed for good, with type, message and traceback."""
+        """Jobs and finalizers that failed for good, with type, message, traceback and arguments;
+        and, marked ``resolved``, the failures a ``retry()`` resumed from whose job has since
+        succeeded (the history an operator reads after the fact)."""
         return self.backend.store.failures(self.id)
 
     def results(self) -> dict[str, Any]:
@@ -331,7 +334,7 @@ class Task:
             p = self.progress()
             if p.state.terminal:
                 if raise_on_failure and p.state != TaskState.SUCCEEDED:
-                    first = self.failures()[:1]
+                    first = [f for f in self.failures() if not f.resolved][:1]
                     why = f": {first[0].ref} {first[0].type}: {first[0].message}" if first else ""
                     raise TaskFailed(f"task {self.id!r} ended {p.state.value}{why}")
                 return p

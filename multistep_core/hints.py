@@ -5,6 +5,7 @@
   ``add_job`` on queue backends, before anything is stored.
 * :func:`failure_callback_spec`: ``create_task(on_failure=(fn, *args))``, arguments checked
   like ``add_job``'s.
+* :func:`check_retention`: a finished task stays readable at least :data:`MIN_RETENTION`.
 * :func:`wait_timeout_message`: ``wait()`` timing out says whether any job started at all, and
   where the workers must run (``multistep worker MODULE -q QUEUE``).
 """
@@ -79,3 +80,16 @@ def failure_callback_spec(on_failure: Any) -> str:
             f"on_failure must be a registered job or a tuple (fn, arg, ...), not a list {on_failure!r}"
         )
     return make_spec(on_failure, (), {}).to_json()
+
+
+MIN_RETENTION = 1.0  # seconds: a finished task stays readable at least this long
+
+
+def check_retention(retention: float) -> None:
+    """``create_task(retention=...)``: at least :data:`MIN_RETENTION`, so that whoever waits for the
+    task (``wait()``, ``multistep watch``) can still read how it ended."""
+    if isinstance(retention, (int, float)) and not isinstance(retention, bool) and 0 <= retention < MIN_RETENTION:
+        raise InvalidJob(
+            f"retention={retention!r} would delete the task the moment it ends, before wait() or multistep watch "
+            f"can read how it ended: give at least {MIN_RETENTION:g} s (the default keeps a finished task 7 days)"
+        )

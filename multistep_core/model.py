@@ -250,6 +250,13 @@ class Progress:
         return min(0.999, (self.done + self.finalizers_done) / units)
 
     @property
+    def skipped(self) -> int:
+        """Jobs that never started because the task ended first (``fail_fast`` failed it, or it was
+        cancelled): its pending jobs once it is failed or cancelled. They do not run unless a failed
+        task is retried."""
+        return self.pending if self.state in (TaskState.FAILED, TaskState.CANCELLED) else 0
+
+    @property
     def percent(self) -> float:
         """:attr:`fraction` in percent with one decimal, rounded down (100.0 only at the end): the
         one figure ``show``, ``watch``, ``watch --json`` and the demo print."""
@@ -266,6 +273,7 @@ class Progress:
         d["state"] = self.state.value
         d["options"] = self.options.to_dict()
         d["percent"] = self.percent
+        d["skipped"] = self.skipped
         return d
 
 

@@ -285,6 +285,37 @@ def worker_lost_failure(ref: str, fn: str, attempt: int, now: float, lease: floa
     )
 
 
+def retry_refused(task_id: str, state: str) -> InvalidTransition:
+    """The error of ``retry`` on a task that has not failed, saying what to do instead."""
+    what = {
+        "cancelled": "a cancelled task is final; create a new task to run its jobs again",
+        "succeeded": "it has nothing to resume",
+    }.get(state, "wait until it ends (multistep watch ID); retry resumes it only if it ended failed")
+    return InvalidTransition(f"task {task_id!r} is {state}; only a failed task can be retried: {what}")
+
+
+def retried_failure(row: JobRow) -> dict[str, Any] | None:
+    """The failure ``retry()`` resumes a row from, kept as its history (``failures()`` lists it,
+    resolved, once a later attempt succeeds; the Redis store keeps it in its ``err`` hash)."""
+    return None if row.error is None else {**row.error, "retried": True}
+
+
+def failure_history(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The history kept in a row's error: the failure a task retry resumed from, or None."""
+    if not error:
+        return None
+    if error.get("retried"):
+        return error
+    kept = error.get("history")
+    return kept if isinstance(kept, dict) else None
+
+
+def with_history(error: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """A failed attempt's error, carrying the history of the row along."""
+    kept = failure_history(previous)
+    return error if kept is None else {**error, "history": kept}
+
+
 def _spec_retries(spec: str) -> int | None:
     try:
         r = json.loads(spec).get("retries")
@@ -516,7 +547,7 @@ class RowStore(Store):
             row.state = JobState.SUCCEEDED
             row.finished_at = now
             row.due_at = None
-            row.error = None
+            row.error = failure_history(row.error)  # what retry() resumed from: failures() shows it resolved
             row.result = result if task.options.keep_results else None
             tx.put_job(task.id, row)
             if kind == JOB:
@@ -528,7 +559,7 @@ class RowStore(Store):
                     return self._follow(tx, task, f"f{task.fin_done}", now)
                 self._finish_task(task, TaskState.SUCCEEDED, now)
             return NOTHING
-        row.error = error.to_dict()
+        row.error = with_history(error.to_dict(), row.error)
         if error.type != "WorkerLost":
             row.fails += 1
         retries = _spec_retries(row.spec)
@@ -567,7 +598,7 @@ class RowStore(Store):
         with self.transaction() as tx:
             task = self._task(tx, task_id, now)
             if task.state != TaskState.FAILED:
-                raise InvalidTransition(f"task {task_id!r} is {task.state.value}; only a failed task can be retried")
+                raise retry_refused(task_id, task.state.value)
             task.finished_at = None
             task.expires_at = None
             refs: list[str] = []
@@ -582,16 +613,16 @@ class RowStore(Store):
                     continue
                 if row.state == JobState.FAILED:
                     task.failed -= 1
+                row.error = retried_failure(row) if row.state == JobState.FAILED else failure_history(row.error)
                 row.state = JobState.PENDING
                 row.fails = row.lost = 0
-                row.error = None
                 row.finished_at = None
                 row.due_at = None
                 tx.put_job(task_id, row)
                 refs.append(row.ref)
             if fin_failed is not None and not refs:
                 fin_failed.fails = fin_failed.lost = 0
-                fin_failed.error = None
+                fin_failed.error = retried_failure(fin_failed)
                 fin_failed.finished_at = None
                 tx.put_job(task_id, fin_failed)
                 task.state = TaskState.FINALIZING
@@ -662,8 +693,9 @@ class RowStore(Store):
 
     def failures(self, task_id: str) -> list[Failure]:
         with self.transaction() as tx:
-            rows = tx.jobs(task_id, [JobState.FAILED])
-        out = [Failure.from_dict(r.error) for r in rows if r.error]
+            rows = tx.jobs(task_id, [JobState.FAILED, JobState.SUCCEEDED])
+        out = [Failure.from_dict(r.error) if r.state == JobState.FAILED else replace(Failure.from_dict(r.error), resolved=True)
+               for r in rows if r.error]
         out.sort(key=lambda f: (f.ref[0] != "j", f.ref[0], int(f.ref[1:])))
         return out
 

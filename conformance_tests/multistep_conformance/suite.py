@@ -270,7 +270,9 @@ class BackendTests:
         assert p.state == TaskState.SUCCEEDED and (p.succeeded, p.failed) == (4, 0)
         assert [journal.count(f"ok{i}") for i in range(3)] == [1, 1, 1]
         assert journal.count("picky:run") == 2 and journal.count("fin") == 1
-        assert task.failures() == []
+        # and the failure it resumed from is kept, marked resolved by the later attempt
+        [kept] = task.failures()
+        assert (kept.ref, kept.type, kept.resolved) == ("j3", "ValueError", True) and "boom picky" in kept.message
         with pytest.raises(InvalidTransition):
             task.retry()
 
@@ -294,6 +296,7 @@ class BackendTests:
         assert journal.count("fin1:run") == 2 and journal.count("fin2") == 1
         order = [line for line in journal.lines() if line.startswith("fin")]
         assert order == ["fin0", "fin1:run", "fin1:run", "fin1:ok", "fin2"]
+        assert [(f.ref, f.resolved) for f in task.failures()] == [("f1", True)]  # the history is kept
 
     # -- cancel ----------------------------------------------------------------------
     def test_cancel_skips_unstarted_jobs_and_records_who(self, harness: Harness, journal: Journal) -> None:
@@ -310,7 +313,9 @@ class BackendTests:
         assert ran < 80 and journal.count("fin") == 0
         assert task.progress().state == TaskState.CANCELLED
         assert task.cancel() is False
-        with pytest.raises(InvalidTransition):
+        # and a cancelled task is final: retry refuses it, saying what to do
+        with pytest.raises(InvalidTransition, match="is cancelled; only a failed task can be retried: a cancelled "
+                                                    "task is final; create a new task to run its jobs again"):
             task.retry()
 
     # -- delivery guarantees ----------------------------------------------------------

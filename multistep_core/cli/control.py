@@ -35,7 +35,8 @@ from .base import (
 def bar_line(p: TaskProgress) -> str:
     """The text beside the bar: jobs, failures, finalizers, state (the percent is p.percent)."""
     failed = f"[red]{p.failed} failed[/red], " if p.failed else ""
-    return (f"jobs {p.done}/{p.total} ({failed}{p.running} running)  "
+    skipped = f"{p.skipped} skipped, " if p.skipped else ""
+    return (f"jobs {p.done}/{p.total} ({failed}{skipped}{p.running} running)  "
             f"finalizers {p.finalizers_done}/{p.finalizers_total}  state {p.state.value}")
 
 

@@ -73,8 +73,10 @@ def progress_table(p: TaskProgress) -> Table:
     t.add_column(overflow="fold")
     t.add_row("state", state_text(p.state))
     t.add_row("progress", f"{p.percent:.1f} %")
+    waiting = (f"{p.skipped} skipped (never started: the task ended first)" if p.skipped
+               else f"{p.pending} pending")
     t.add_row("jobs", f"{p.done}/{p.total} ended: {p.succeeded} succeeded, {p.failed} failed, "
-                      f"{p.running} running, {p.pending} pending")
+                      f"{p.running} running, {waiting}")
     t.add_row("finalizers", f"{p.finalizers_done}/{p.finalizers_total}")
     t.add_row("created", when(p.created_at))
     t.add_row("sealed", when(p.sealed_at))
