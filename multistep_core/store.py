@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import InvalidJob, InvalidTransition, TaskExists, TaskNotFound
+from .history import failure_history, retried_failure, retry_refused, with_history
 from .model import (
     CALLBACK,
     FINALIZER,
@@ -283,37 +284,6 @@ def worker_lost_failure(ref: str, fn: str, attempt: int, now: float, lease: floa
         attempt=attempt,
         at=now,
     )
-
-
-def retry_refused(task_id: str, state: str) -> InvalidTransition:
-    """The error of ``retry`` on a task that has not failed, saying what to do instead."""
-    what = {
-        "cancelled": "a cancelled task is final; create a new task to run its jobs again",
-        "succeeded": "it has nothing to resume",
-    }.get(state, "wait until it ends (multistep watch ID); retry resumes it only if it ended failed")
-    return InvalidTransition(f"task {task_id!r} is {state}; only a failed task can be retried: {what}")
-
-
-def retried_failure(row: JobRow) -> dict[str, Any] | None:
-    """The failure ``retry()`` resumes a row from, kept as its history (``failures()`` lists it,
-    resolved, once a later attempt succeeds; the Redis store keeps it in its ``err`` hash)."""
-    return None if row.error is None else {**row.error, "retried": True}
-
-
-def failure_history(error: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The history kept in a row's error: the failure a task retry resumed from, or None."""
-    if not error:
-        return None
-    if error.get("retried"):
-        return error
-    kept = error.get("history")
-    return kept if isinstance(kept, dict) else None
-
-
-def with_history(error: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-    """A failed attempt's error, carrying the history of the row along."""
-    kept = failure_history(previous)
-    return error if kept is None else {**error, "history": kept}
 
 
 def _spec_retries(spec: str) -> int | None:

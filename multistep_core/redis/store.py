@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidJob, InvalidTransition, TaskExists
+from ..history import retry_refused
 from ..model import CALLBACK, Dispatch, Failure, Start, TaskOptions, parse_ref
-from ..store import retry_refused
 from .base import _s
 from .index import DueIndex
 from .reads import RedisReads
