@@ -128,3 +128,18 @@ def test_relative_sqlite_path_in_pyproject_is_relative_to_that_file(tmp_path: Pa
     r = CliRunner().invoke(cli, ["ls", "--json"])
     assert r.exit_code == EXIT_OK, r.output
     assert '"task_id": "t1"' in r.stdout
+
+
+def test_a_relative_sqlite_store_in_a_config_file_is_anchored_too(tmp_path: Path) -> None:
+    from multistep_core.config import _anchored
+    from multistep_core.options import split_options
+
+    source = str(tmp_path / "pyproject.toml")
+    url, opts = _anchored("celery+amqp://guest:guest@h:5672//?store=sqlite:///state/t.db", {"lease": 5}, source)
+    assert split_options(url)[1]["store"] == f"sqlite:///{tmp_path}/state/t.db"
+    url, opts = _anchored("dramatiq+amqp://h/", {"store": "sqlite:///t.db"}, source)
+    assert (url, opts["store"]) == ("dramatiq+amqp://h/", f"sqlite:///{tmp_path}/t.db")
+    # absolute paths, :memory: and the argument or environment forms are left alone
+    assert _anchored("sqlite:////abs/t.db", {}, source)[0] == "sqlite:////abs/t.db"
+    assert _anchored("sqlite:///:memory:", {}, source)[0] == "sqlite:///:memory:"
+    assert _anchored("sqlite:///t.db", {}, "$MULTISTEP_BACKEND")[0] == "sqlite:///t.db"
