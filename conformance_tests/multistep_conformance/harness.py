@@ -47,6 +47,21 @@ def eventually(check: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what:
         delay = min(delay * 2, 0.2)
 
 
+def _ancestors(pid: int) -> set[int]:
+    """The parent, grandparent, ... of process ``pid`` (empty where they cannot be read)."""
+    out: set[int] = set()
+    for _ in range(32):
+        try:
+            out_ps = subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
+            pid = int(out_ps.stdout.strip() or 0)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            break
+        if pid <= 1 or pid in out:
+            break
+        out.add(pid)
+    return out
+
+
 class Journal:
     """A file jobs append lines to."""
 
@@ -160,10 +175,10 @@ class Harness:
         this harness started, never the test process or its group."""
         pgid = os.getpgid(pid)
         ours = {p.pid for p in self.procs}
-        if pid == os.getpid() or pgid == os.getpgid(0) or pgid not in ours:
+        if pid == os.getpid() or pgid == os.getpgid(0) or not (ours & ({pid, pgid} | _ancestors(pid))):
             raise AssertionError(
-                f"refusing to kill process {pid} (group {pgid}): it is not a worker this suite started "
-                f"(workers: {sorted(ours)}; the test process: {os.getpid()}, group {os.getpgid(0)})"
+                f"refusing to kill process {pid} (group {pgid}): it is not a worker this suite started, nor one "
+                f"of their children (workers: {sorted(ours)}; the test process: {os.getpid()}, group {os.getpgid(0)})"
             )
         os.killpg(pgid, signal.SIGKILL)
         for p in self.procs:
