@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import InvalidJob, InvalidTransition, TaskFailed, TaskNotFound, WaitTimeout
+from .hints import check_retention, failure_callback_spec, refuse_main_job, wait_timeout_message
 from .model import (
     CALLBACK,
     FINALIZER,
@@ -93,7 +94,7 @@ class Backend:
         keep_results: bool = False,
         retention: float = 7 * 24 * 3600.0,
         queue: str = "default",
-        on_failure: Callable[..., Any] | str | None = None,
+        on_failure: Callable[..., Any] | str | tuple[Any, ...] | None = None,
     ) -> Task:
         """Create an open task. Use it as a context manager: it is sealed when the block
         ends cleanly and cancelled if the block raises.
@@ -102,11 +103,14 @@ class Backend:
         ``max_retries``/``backoff``: per-job retries, the delay doubling from ``backoff``
         seconds up to ``backoff_max``. ``keep_results``: keep each job's return value
         (JSON) for the finalizers. ``retention``: seconds a finished task is kept.
-        ``on_failure``: a registered job run once each time the task becomes failed.
+        ``on_failure``: a registered job run once each time the task becomes failed: the
+        function, or a tuple ``(fn, *args)`` to call it with arguments, checked like ``add_job``'s
+        (``task.set_failure_callback(fn, *args, **kwargs)`` also takes keyword arguments).
         """
         if task_id is None:
             task_id = f"task-{os.urandom(8).hex()}"
         validate_task_id(task_id)
+        check_retention(retention)
         try:
             pol = Policy(policy)
         except ValueError:
@@ -124,7 +128,9 @@ class Backend:
             )
         except ValueError as exc:
             raise InvalidJob(str(exc)) from None
-        cb_spec = make_spec(on_failure, (), {}).to_json() if on_failure is not None else None
+        cb_spec = failure_callback_spec(on_failure) if on_failure is not None else None
+        if cb_spec is not None:
+            refuse_main_job(self, cb_spec)
         self.store.create_task(task_id, options, time.time())
         task = Task(self, task_id, options.queue)
         if cb_spec is not None:
@@ -270,9 +276,12 @@ class Task:
 
     def set_failure_callback(self, fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> None:
         """Run ``fn(*args, **kwargs)`` once each time the task becomes failed."""
-        self.backend.store.add_jobs(self.id, CALLBACK, [make_spec(fn, args, kwargs).to_json()], time.time())
+        spec = make_spec(fn, args, kwargs).to_json()
+        refuse_main_job(self.backend, spec)
+        self.backend.store.add_jobs(self.id, CALLBACK, [spec], time.time())
 
     def _add(self, kind: str, specs: list[str], per_message: int = 1) -> list[str]:
+        refuse_main_job(self.backend, specs[0])  # one function per call
         refs = self.backend.store.add_jobs(self.id, kind, specs, time.time())
         if kind == JOB:
             self.backend.dispatch(Dispatch(self.id, self.queue, tuple(refs)), per_message)
@@ -306,7 +315,9 @@ class Task:
         return self.progress().state
 
     def failures(self) -> list[Failure]:
-        """Jobs and finalizers that failed for good, with type, message and traceback."""
+        """Jobs and finalizers that failed for good, with type, message, traceback and arguments;
+        and, marked ``resolved``, the failures a ``retry()`` resumed from whose job has since
+        succeeded (the history an operator reads after the fact)."""
         return self.backend.store.failures(self.id)
 
     def results(self) -> dict[str, Any]:
@@ -323,15 +334,12 @@ class Task:
             p = self.progress()
             if p.state.terminal:
                 if raise_on_failure and p.state != TaskState.SUCCEEDED:
-                    first = self.failures()[:1]
+                    first = [f for f in self.failures() if not f.resolved][:1]
                     why = f": {first[0].ref} {first[0].type}: {first[0].message}" if first else ""
                     raise TaskFailed(f"task {self.id!r} ended {p.state.value}{why}")
                 return p
             if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(
-                    f"task {self.id!r} still {p.state.value} after {timeout}s "
-                    f"({p.done}/{p.total} jobs ended, {p.finalizers_done}/{p.finalizers_total} finalizers)"
-                )
+                raise WaitTimeout(wait_timeout_message(self.backend, p, timeout))
             time.sleep(delay)
             delay = min(delay * 2, poll)
 

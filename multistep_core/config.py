@@ -18,6 +18,9 @@ The string is one of
 
 Other keys of the config table, and keyword arguments to :func:`connect`, are options
 passed to the backend (``threads``, ``lease``, ...); an unknown option is an error.
+
+A relative SQLite path in a config file (``backend = "sqlite:///tasks.db"``, or a ``store=``
+naming one) is relative to the directory of that file, not to the working directory.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from .errors import BackendDriverMissing, BackendNotFound, ConfigurationError
-from .options import split_options
+from .options import split_options, sqlite_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -177,9 +180,39 @@ def load_factory(url: str) -> Factory:
     )
 
 
+def _anchor_sqlite(url: Any, directory: Path) -> Any:
+    """A relative SQLite path named in a config file, made absolute from the file's directory
+    (``sqlite:///tasks.db`` in ``/srv/app/pyproject.toml`` is ``/srv/app/tasks.db``, whatever the
+    working directory). Absolute paths, ``:memory:`` and other URLs are returned unchanged."""
+    if not isinstance(url, str) or not (url == "sqlite" or url.startswith("sqlite:")):
+        return url
+    base, sep, query = url.partition("?")
+    path = sqlite_path(base)
+    if path == ":memory:" or os.path.isabs(path):
+        return url
+    return f"sqlite:///{(directory / path).as_posix()}{sep}{query}"
+
+
+def _anchored(url: str, options: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
+    """Resolve relative SQLite paths (the backend's, and a ``store=`` option's) against the
+    directory of the config file they came from."""
+    if source in ("argument", f"${ENV_VAR}", "default"):
+        return url, options
+    directory = Path(source).parent
+    base, opts = split_options(url)
+    if "store" in opts:
+        opts["store"] = _anchor_sqlite(opts["store"], directory)
+        url = base + "?" + urlencode(opts)
+    url = _anchor_sqlite(url, directory)
+    if "store" in options:
+        options = {**options, "store": _anchor_sqlite(options["store"], directory)}
+    return url, options
+
+
 def connect(backend: str | None = None, **options: Any) -> Any:
     """Build the configured backend. See the module documentation for the search order."""
-    url, file_opts, _source = resolve(backend)
+    url, file_opts, source = resolve(backend)
+    url, file_opts = _anchored(url, file_opts, source)
     base, url_opts = split_options(url)
     factory = load_factory(base)
     merged = {**file_opts, **url_opts, **options}

@@ -24,7 +24,6 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -177,7 +176,7 @@ def run(
         TextColumn("[bold]{task.description}"),
         BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TaskProgressColumn(),
+        TextColumn("{task.fields[pct]}"),
         TextColumn("{task.fields[extra]}"),
         TimeElapsedColumn(),
         TextColumn("{task.fields[rate]}"),
@@ -186,8 +185,8 @@ def run(
         refresh_per_second=12,
     )
     with bar:
-        jobs_bar = bar.add_task("jobs", total=jobs, extra="", rate="")
-        fin_bar = bar.add_task("finalizers", total=2, extra="", rate="")
+        jobs_bar = bar.add_task("jobs", total=jobs, extra="", rate="", pct="")
+        fin_bar = bar.add_task("finalizers", total=2, extra="", rate="", pct="")
         with backend.create_task(task_id, max_retries=2, backoff=0.05, keep_results=True) as task:
             task.add_jobs(work, [list(item) for item in items])
             task.add_finalization_job(aggregate)
@@ -230,10 +229,13 @@ def _update(bar: Progress, jobs_bar: Any, fin_bar: Any, p: TaskProgress, elapsed
     rate = f"{p.done / elapsed:.0f}/s" if elapsed > 0 else ""
     with seen.lock:
         flakes, retried = seen.first_try_failures, seen.retries_run
-    extra = f"failures {flakes} retries {retried}" if in_process else ""
+    # Failed attempts that are retried are not failed jobs: the summary's "jobs failed" counts
+    # only jobs that failed for good, so the bar names the two apart.
+    extra = f"failed attempts {flakes} (retried: {retried})" if in_process else ""
     if p.failed:
-        extra += f" [red]failed for good {p.failed}[/red]"
-    bar.update(jobs_bar, completed=p.done, total=p.total, extra=extra, rate=rate)
+        extra += f" [red]jobs failed for good {p.failed}[/red]"
+    pct = f"task {p.percent:5.1f} %"  # the one definition (Progress.percent), as show and watch print it
+    bar.update(jobs_bar, completed=p.done, total=p.total, extra=extra, rate=rate, pct=pct)
     bar.update(fin_bar, completed=p.finalizers_done, total=p.finalizers_total, extra=f"state {p.state.value}")
 
 
@@ -245,8 +247,8 @@ def summary_table(r: DemoResult) -> Table:
     t.add_row("backend", r.backend)
     t.add_row("state", f"[{colour}]{r.state.value}[/{colour}]")
     t.add_row("jobs succeeded", f"{r.jobs_succeeded}/{r.jobs_total}")
-    t.add_row("jobs failed", str(r.jobs_failed))
-    t.add_row("retries", f"{r.retries} (planned first-try failures: {r.flaky_planned})")
+    t.add_row("jobs failed for good", str(r.jobs_failed))
+    t.add_row("failed attempts, retried", f"{r.retries} (planned first-try failures: {r.flaky_planned})")
     order = " -> ".join(r.finalizer_order) if r.finalizer_order else "(ran on other workers)"
     t.add_row("finalizers", f"{r.finalizers_done}/{r.finalizers_total} in order: {order}")
     if r.aggregate is not None:

@@ -9,6 +9,7 @@ by delivery.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -201,6 +202,8 @@ class Failure:
     traceback: str = ""
     attempt: int = 0
     at: float = 0.0
+    args: str = ""  # the job's arguments as JSON, truncated (ARGS_PREVIEW characters)
+    resolved: bool = False  # a later attempt succeeded (history kept for the operator)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -236,11 +239,28 @@ class Progress:
 
     @property
     def fraction(self) -> float:
-        """Share of the whole task done, jobs and finalizers together, in [0, 1]."""
+        """Share of the task's work that has ended, jobs and finalizers together, in [0, 1]: 1.0
+        exactly when the task has ended (succeeded, failed or cancelled: what will never run counts
+        as ended), below 1.0 while it may still change."""
+        if self.state.terminal:
+            return 1.0
         units = self.total + self.finalizers_total
         if units == 0:
-            return 1.0 if self.state.terminal else 0.0
-        return min(1.0, (self.done + self.finalizers_done) / units)
+            return 0.0
+        return min(0.999, (self.done + self.finalizers_done) / units)
+
+    @property
+    def skipped(self) -> int:
+        """Jobs that never started because the task ended first (``fail_fast`` failed it, or it was
+        cancelled): its pending jobs once it is failed or cancelled. They do not run unless a failed
+        task is retried."""
+        return self.pending if self.state in (TaskState.FAILED, TaskState.CANCELLED) else 0
+
+    @property
+    def percent(self) -> float:
+        """:attr:`fraction` in percent with one decimal, rounded down (100.0 only at the end): the
+        one figure ``show``, ``watch``, ``watch --json`` and the demo print."""
+        return math.floor(1000 * self.fraction) / 10
 
     @property
     def elapsed(self) -> float | None:
@@ -252,7 +272,8 @@ class Progress:
         d = asdict(self)
         d["state"] = self.state.value
         d["options"] = self.options.to_dict()
-        d["percent"] = round(100 * self.fraction, 2)
+        d["percent"] = self.percent
+        d["skipped"] = self.skipped
         return d
 
 

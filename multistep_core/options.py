@@ -64,10 +64,18 @@ def redact_url(url: str) -> str:
 
 def sqlite_path(url: str) -> str:
     """``sqlite:///rel.db`` → ``rel.db``; ``sqlite:////abs.db`` → ``/abs.db``; ``sqlite`` or
-    ``sqlite://`` → ``multistep.db``; ``sqlite:///:memory:`` → ``:memory:``."""
+    ``sqlite://`` → ``multistep.db``; ``sqlite:///:memory:`` → ``:memory:``. ``sqlite://rel.db``
+    (two slashes: a host, no path) raises :class:`ConfigurationError` showing the right form."""
     if "://" not in url:
         return "multistep.db"
-    path = urlsplit(url).path
+    parts = urlsplit(url)
+    if parts.netloc:  # sqlite://tasks.db: "tasks.db" is the URL's host, not a path
+        raise ConfigurationError(
+            f"{url!r} names no file: with two slashes, {parts.netloc!r} is read as a host. A SQLite path "
+            f"takes three slashes: sqlite:///{parts.netloc}{parts.path} (relative to the working directory) "
+            "or four for an absolute path: sqlite:////var/lib/tasks.db"
+        )
+    path = parts.path
     if path.startswith("/"):
         path = path[1:]
     return path or "multistep.db"

@@ -5,9 +5,11 @@ A queue only transports. Every message is the small JSON text made by
 unchanged, to :meth:`multistep_core.runner.Runner.handle`, and acknowledges it when
 ``handle`` returns (``handle`` never raises for a bad message: it records it).
 
-Required: :meth:`Queue.enqueue` (bulk). Optional capabilities are runtime-checkable
-protocols; the conformance suite skips what a queue does not support and names the
-missing capability in the skip reason.
+Required: :meth:`Queue.enqueue` (bulk), and :attr:`Queue.in_process` set right. Optional
+capabilities are runtime-checkable protocols, used when present: without
+:class:`SupportsWorkers` the conformance suite skips its worker-kill tests and names the
+capability in the skip reason; without :class:`SupportsRawPublish` it sends its hand-made
+bodies with ``enqueue``; without :class:`SupportsPurge` it relies on its fresh queue name.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ if TYPE_CHECKING:
 class Queue(ABC):
     """Transport from whoever creates work to the workers."""
 
-    #: True when jobs run inside the process that enqueues them (embedded, eager).
+    #: True when jobs run inside the process that enqueues them (embedded, eager): the backend
+    #: then runs recovery in that process. False (the default) means separate worker processes,
+    #: each running recovery beside its consumer (``Backend.run_worker``).
     in_process: bool = False
 
     @abstractmethod

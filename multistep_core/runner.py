@@ -23,6 +23,8 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .context import JobContext, _current
@@ -81,6 +83,17 @@ def failure_from(exc: BaseException, ref: str, fn: str, attempt: int) -> Failure
         attempt=attempt,
         at=time.time(),
     )
+
+
+ARGS_PREVIEW = 300  # characters of a failed job's arguments kept with its failure
+
+
+def args_preview(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """A failed job's arguments as JSON (``[1, "a"]``, ``{"k": 2}``, or both), cut to ARGS_PREVIEW."""
+    text = json.dumps(list(args), separators=(",", ":"), default=str)
+    if kwargs:
+        text = (text + " " if args else "") + json.dumps(dict(kwargs), separators=(",", ":"), default=str)
+    return text if len(text) <= ARGS_PREVIEW else text[: ARGS_PREVIEW - 3] + "..."
 
 
 def _plain_failure(ref: str, fn: str, attempt: int, kind: str, message: str) -> Failure:
@@ -226,6 +239,7 @@ class Runner:
             self._heartbeat.remove(beat)
             _current.reset(token)
         if error is not None:
+            error = replace(error, args=args_preview(spec.args, spec.kwargs))
             log.info("%s/%s attempt %d failed: %s: %s", task_id, ref, attempt, error.type, error.message)
         return result_text, error
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import InvalidJob, InvalidTransition, TaskExists, TaskNotFound
+from .history import failure_history, retried_failure, retry_refused, with_history
 from .model import (
     CALLBACK,
     FINALIZER,
@@ -516,7 +517,7 @@ class RowStore(Store):
             row.state = JobState.SUCCEEDED
             row.finished_at = now
             row.due_at = None
-            row.error = None
+            row.error = failure_history(row.error)  # what retry() resumed from: failures() shows it resolved
             row.result = result if task.options.keep_results else None
             tx.put_job(task.id, row)
             if kind == JOB:
@@ -528,7 +529,7 @@ class RowStore(Store):
                     return self._follow(tx, task, f"f{task.fin_done}", now)
                 self._finish_task(task, TaskState.SUCCEEDED, now)
             return NOTHING
-        row.error = error.to_dict()
+        row.error = with_history(error.to_dict(), row.error)
         if error.type != "WorkerLost":
             row.fails += 1
         retries = _spec_retries(row.spec)
@@ -567,7 +568,7 @@ class RowStore(Store):
         with self.transaction() as tx:
             task = self._task(tx, task_id, now)
             if task.state != TaskState.FAILED:
-                raise InvalidTransition(f"task {task_id!r} is {task.state.value}; only a failed task can be retried")
+                raise retry_refused(task_id, task.state.value)
             task.finished_at = None
             task.expires_at = None
             refs: list[str] = []
@@ -582,16 +583,16 @@ class RowStore(Store):
                     continue
                 if row.state == JobState.FAILED:
                     task.failed -= 1
+                row.error = retried_failure(row) if row.state == JobState.FAILED else failure_history(row.error)
                 row.state = JobState.PENDING
                 row.fails = row.lost = 0
-                row.error = None
                 row.finished_at = None
                 row.due_at = None
                 tx.put_job(task_id, row)
                 refs.append(row.ref)
             if fin_failed is not None and not refs:
                 fin_failed.fails = fin_failed.lost = 0
-                fin_failed.error = None
+                fin_failed.error = retried_failure(fin_failed)
                 fin_failed.finished_at = None
                 tx.put_job(task_id, fin_failed)
                 task.state = TaskState.FINALIZING
@@ -662,8 +663,9 @@ class RowStore(Store):
 
     def failures(self, task_id: str) -> list[Failure]:
         with self.transaction() as tx:
-            rows = tx.jobs(task_id, [JobState.FAILED])
-        out = [Failure.from_dict(r.error) for r in rows if r.error]
+            rows = tx.jobs(task_id, [JobState.FAILED, JobState.SUCCEEDED])
+        out = [Failure.from_dict(r.error) if r.state == JobState.FAILED else replace(Failure.from_dict(r.error), resolved=True)
+               for r in rows if r.error]
         out.sort(key=lambda f: (f.ref[0] != "j", f.ref[0], int(f.ref[1:])))
         return out
 

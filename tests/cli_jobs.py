@@ -32,3 +32,22 @@ def gated(x: int) -> int:
 @job
 def finish() -> None:
     pass
+
+
+@job
+def boom(x: int) -> None:
+    raise ValueError("the same failure every time")
+
+
+@job
+def too_big(blob: str, n: int = 0) -> None:
+    raise KeyError(f"too big: {len(blob)}")
+
+
+@job
+def record(path: str, *items: object) -> None:
+    """Append one JSON line of ``items`` to ``path`` (a journal tests read back)."""
+    import json
+
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(list(items)) + "\n")

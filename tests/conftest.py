@@ -8,9 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from services import REDIS_HOST, REDIS_PORT
-
-CI = bool(os.environ.get("CI"))
+from services import CI, REDIS_HOST, REDIS_PORT
 
 
 def service_up(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -21,6 +19,39 @@ def service_up(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+
+def docker_unavailable() -> str:
+    """Why the services cannot be started with Docker here ("" when they can): no ``docker``
+    command, no daemon answering, no ``docker compose``, or pytest-docker not installed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("docker") is None:
+        return "no docker command"
+    for args, what in ((["docker", "info"], "the Docker daemon"), (["docker", "compose", "version"], "docker compose")):
+        try:
+            out = subprocess.run(args, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{what} does not answer ({exc})"
+        if out.returncode != 0:
+            why = (out.stderr or out.stdout).strip().splitlines()
+            return f"{what} is not available ({why[-1] if why else f'exit {out.returncode}'})"
+    try:
+        import pytest_docker  # noqa: F401
+    except ImportError:
+        return "pytest-docker is not installed (pip install -e '.[test]')"
+    return ""
+
+
+def unreachable(name: str, host: str, port: int, docker: str) -> str:
+    """The message for a service that is down, saying what was tried."""
+    how = f"Docker could not start it: {docker}" if docker else "Docker was not tried"
+    return f"{name} is not reachable at {host}:{port}; {how}. Start it, or run `docker compose up -d` ({COMPOSE_FILE.name})"
+
+
 def require_service(name: str, host: str, port: int) -> None:
     """Skip the calling test (or module) when a service is down; under CI, fail instead."""
     if service_up(host, port):
@@ -28,17 +59,41 @@ def require_service(name: str, host: str, port: int) -> None:
     msg = f"{name} is not reachable at {host}:{port}"
     if CI:
         pytest.fail(f"{msg} (CI is set: a missing service fails the run)", pytrace=False)
-    pytest.skip(f"{msg}; start it or run under Docker (pytest-docker) to include these tests")
+    pytest.skip(f"{msg}; start it, or run `docker compose up -d` ({COMPOSE_FILE.name}) to include these tests")
+
+
+def _service(request: pytest.FixtureRequest, name: str, host: str, port: int, compose: str) -> None:
+    """A session service: reachable already, else started by pytest-docker from
+    docker-compose.yml when Docker is available (loopback addresses only), else skipped
+    locally and failed under CI, the message saying what was tried."""
+    if service_up(host, port):
+        return
+    docker = docker_unavailable() if host in ("127.0.0.1", "localhost") else f"{host} is not this machine"
+    if not docker:
+        os.environ.setdefault("MULTISTEP_REDIS_PORT", str(REDIS_PORT))
+        services = request.getfixturevalue("docker_services")  # pytest-docker: compose up, down at the end
+        services.wait_until_responsive(timeout=120.0, pause=0.5, check=lambda: service_up(host, port))
+        return
+    msg = unreachable(name, host, port, docker)
+    if CI:
+        pytest.fail(f"{msg} (CI is set: a missing service fails the run)", pytrace=False)
+    pytest.skip(msg)
 
 
 @pytest.fixture(scope="session")
-def redis_service() -> None:
-    require_service("Redis", REDIS_HOST, REDIS_PORT)
+def docker_compose_file() -> str:
+    """pytest-docker: the project's compose file."""
+    return str(COMPOSE_FILE)
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_service() -> None:
-    require_service("RabbitMQ", "127.0.0.1", 5672)
+def redis_service(request: pytest.FixtureRequest) -> None:
+    _service(request, "Redis", REDIS_HOST, REDIS_PORT, "redis")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_service(request: pytest.FixtureRequest) -> None:
+    _service(request, "RabbitMQ", "127.0.0.1", 5672, "rabbitmq")
 
 
 @pytest.fixture

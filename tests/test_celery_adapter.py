@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import REDIS_ADDR, require_module
 
 from multistep_core import connect
 from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
 
-pytest.importorskip("celery")
+require_module("celery")
 
-import multistep_celery
-from multistep_celery import TASK_NAME, CeleryQueue, backend_from_url
-from services import REDIS_ADDR
+import multistep_celery  # noqa: E402 - after the library check
+from multistep_celery import TASK_NAME, CeleryQueue, backend_from_url  # noqa: E402 - after the library check
 
 HERE = Path(__file__).parent
 REDIS = f"celery+redis://{REDIS_ADDR}/14"

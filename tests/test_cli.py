@@ -181,8 +181,8 @@ def test_retry_runs_failed_jobs_in_process(backend: Backend, url: str) -> None:
 def test_delete_asks_unless_yes(backend: Backend, url: str) -> None:
     finished_task(backend, "del-1")
     r = run("-b", url, "delete", "del-1", input="n\n")
-    assert r.exit_code != EXIT_OK
-    assert backend.get_task("del-1")  # still there
+    assert r.exit_code == EXIT_FAILED and "Aborted!" in r.stderr  # declined, not crashed
+    assert backend.get_task("del-1").state == TaskState.SUCCEEDED  # still there
     r = run("-b", url, "delete", "del-1", input="y\n")
     assert r.exit_code == EXIT_OK, r.output
     finished_task(backend, "del-2")
@@ -204,7 +204,7 @@ def test_rejected_json(backend: Backend, url: str) -> None:
 # -- errors -------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", [["show", "nope"], ["watch", "nope"], ["retry", "nope"],
                                      ["cancel", "nope"], ["delete", "nope", "--yes"]])
-def test_missing_task_gives_not_found(url: str, command: list[str]) -> None:
+def test_missing_task_gives_not_found(backend: Backend, url: str, command: list[str]) -> None:
     r = run("-b", url, *command)
     assert r.exit_code == EXIT_NOT_FOUND, r.output
     assert "no task with id 'nope'" in r.stderr

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 from multistep_conformance import BackendTests, StoreTests
-from services import REDIS_ADDR
+from services import REDIS_ADDR, require_module
 
-pytest.importorskip("celery")
+require_module("celery")
 
 REDIS = f"celery+redis://{REDIS_ADDR}/14"
 AMQP = f"celery+amqp://guest:guest@127.0.0.1:5672//?store=redis://{REDIS_ADDR}/14&prefix=msamqp"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 from multistep_conformance import BackendTests, StoreTests
-from services import REDIS_ADDR
+from services import REDIS_ADDR, require_module
 
-pytest.importorskip("rq")
+require_module("rq")
 
 RQ = f"rq+redis://{REDIS_ADDR}/15"
 

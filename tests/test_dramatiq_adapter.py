@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import REDIS_ADDR, require_module
 
 from multistep_core import connect
 from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
 
-pytest.importorskip("dramatiq")
+require_module("dramatiq")
 
-import multistep_dramatiq
-from multistep_dramatiq import ACTOR_NAME, DramatiqQueue, backend_from_url
-from services import REDIS_ADDR
+import multistep_dramatiq  # noqa: E402 - after the library check
+from multistep_dramatiq import ACTOR_NAME, DramatiqQueue, backend_from_url  # noqa: E402 - after the library check
 
 REDIS = f"dramatiq+redis://{REDIS_ADDR}/13"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import pytest
-from services import REDIS_ADDR
+from services import CI, REDIS_ADDR, require_module
 
 from multistep_core import InvalidJob, TaskState, connect, job
 from multistep_core.backend import Backend
@@ -141,7 +142,7 @@ def test_per_message_is_validated() -> None:
 
 
 def test_redis_finish_then_start_matches_two_calls() -> None:
-    redis = pytest.importorskip("redis")
+    redis: Any = require_module("redis")
     from multistep_core.model import JOB, TaskOptions
     from multistep_core.redis import RedisStore
 
@@ -149,7 +150,7 @@ def test_redis_finish_then_start_matches_two_calls() -> None:
     try:
         redis.Redis.from_url(url).ping()
     except Exception:
-        if os.environ.get("CI") == "true":
+        if CI:
             raise
         pytest.skip(f"no Redis at {REDIS_ADDR}")
     st = RedisStore(url, prefix=f"packtest{os.getpid()}")

@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import REDIS_ADDR, require_module
 
 from multistep_core import connect
 from multistep_core.errors import BackendConnectionError, BackendDriverMissing, ConfigurationError
 
-pytest.importorskip("rq")
+require_module("rq")
 
-import multistep_rq
-from multistep_rq import JOB_PATH, RQQueue, backend_from_url
-from services import REDIS_ADDR
+import multistep_rq  # noqa: E402 - after the library check
+from multistep_rq import JOB_PATH, RQQueue, backend_from_url  # noqa: E402 - after the library check
 
 URL = f"rq+redis://{REDIS_ADDR}/15"
 REDIS = f"redis://{REDIS_ADDR}/15"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from multistep_core import Backend, Task, connect
-from multistep_core.queue import SupportsPurge, SupportsRawPublish
+from multistep_core.queue import SupportsPurge, SupportsRawPublish, SupportsWorkers
 
 from . import jobs
 
@@ -27,8 +27,8 @@ DEFAULT_TIMEOUT = 60.0
 
 
 def with_option(url: str, key: str, value: object) -> str:
-    if "://" not in url and ":" in url:  # package.module:factory takes keyword options only
-        return url
+    """``url`` with one more query option (also ``package.module:factory?dir=x``: connect()
+    passes query options of an import string to the factory as keyword arguments)."""
     sep = "&" if "?" in url else "?"
     return f"{url}{sep}{key}={value}"
 
@@ -45,6 +45,21 @@ def eventually(check: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+def _ancestors(pid: int) -> set[int]:
+    """The parent, grandparent, ... of process ``pid`` (empty where they cannot be read)."""
+    out: set[int] = set()
+    for _ in range(32):
+        try:
+            out_ps = subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
+            pid = int(out_ps.stdout.strip() or 0)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            break
+        if pid <= 1 or pid in out:
+            break
+        out.add(pid)
+    return out
 
 
 class Journal:
@@ -81,14 +96,32 @@ class Harness:
         self.worker_url = with_option(backend_string, "lease", lease)
         self.backend: Backend = connect(backend_string, lease=lease)
         self.external = not self.backend.queue.in_process
+        #: The suite runs jobs on worker processes it started itself (and may kill): the queue is
+        #: not ``in_process`` and implements ``SupportsWorkers``; checked by :meth:`wait_ready`.
+        self.separate = self.external and isinstance(self.backend.queue, SupportsWorkers)
         self.logdir = Path(tempfile.mkdtemp(prefix="msconf-workers-"))
         self.procs: list[subprocess.Popen[bytes]] = []
         if self.external:
             if isinstance(self.backend.queue, SupportsPurge):
                 self.backend.queue.purge(self.queue)
-            for _ in range(workers):
-                self.start_worker()
-            self.wait_ready()
+            try:
+                if self.separate:
+                    for _ in range(workers):
+                        self.start_worker()
+                self.wait_ready()
+            except BaseException:
+                self.stop()  # workers and connections of a harness that never became ready
+                raise
+
+    def no_separate_workers(self) -> str:
+        """Why the worker-kill tests cannot run here ("" when they can)."""
+        q = type(self.backend.queue).__name__
+        if not self.external:
+            return f"capability: separate worker processes ({q}.in_process is True: jobs run in the test process)"
+        if not self.separate:
+            return (f"capability: SupportsWorkers ({q} has no run_worker, so the suite cannot start and kill "
+                    "worker processes of its own)")
+        return ""
 
     # -- workers ---------------------------------------------------------------------
     def start_worker(self) -> subprocess.Popen[bytes]:
@@ -109,18 +142,44 @@ class Harness:
         return "\n".join(out)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
+        """Run one job and learn where it ran. A queue that says its jobs run elsewhere
+        (``in_process = False``) but ran this one in the test process is declared wrong, and
+        the suite stops here with what to change, before any test could kill its own process."""
+        where = self.logdir / f"ready-{uuid.uuid4().hex[:6]}.pid"
         task = self.task()
-        task.add_job(jobs.ping)
+        task.add_job(jobs.where, str(where))
         task.seal()
         try:
             task.wait(timeout=timeout)
         except Exception as exc:
             dead = [p.args for p in self.procs if p.poll() is not None]
-            raise AssertionError(f"workers did not become ready ({exc}); exited: {dead}\n{self.worker_logs()}") from exc
+            hint = "" if self.separate else (
+                f" ({type(self.backend.queue).__name__} has no run_worker: start workers serving the queue "
+                f"{self.queue!r} yourself, or implement SupportsWorkers)"
+            )
+            raise AssertionError(
+                f"workers did not become ready ({exc}){hint}; exited: {dead}\n{self.worker_logs()}"
+            ) from exc
+        pid = int(where.read_text().split()[0])
+        if pid == os.getpid():
+            q = type(self.backend.queue).__name__
+            raise AssertionError(
+                f"{q}.in_process is False, but the suite's job ran in the test process itself (pid {pid}). A queue "
+                f"whose jobs run in the process that enqueues them must set `in_process = True` (class attribute): "
+                "the backend then runs recovery in that process (retries after a backoff, lost jobs and follow-ups "
+                "are sent by recovery), and the suite skips its worker-kill tests instead of killing itself"
+            )
 
     def kill_worker_of(self, pid: int) -> None:
-        """SIGKILL the whole worker (process group) that runs process ``pid``."""
+        """SIGKILL the whole worker (process group) that runs process ``pid``: only a worker
+        this harness started, never the test process or its group."""
         pgid = os.getpgid(pid)
+        ours = {p.pid for p in self.procs}
+        if pid == os.getpid() or pgid == os.getpgid(0) or not (ours & ({pid, pgid} | _ancestors(pid))):
+            raise AssertionError(
+                f"refusing to kill process {pid} (group {pgid}): it is not a worker this suite started, nor one "
+                f"of their children (workers: {sorted(ours)}; the test process: {os.getpid()}, group {os.getpgid(0)})"
+            )
         os.killpg(pgid, signal.SIGKILL)
         for p in self.procs:
             if p.pid == pgid:
@@ -153,7 +212,9 @@ class Harness:
         return self.backend.create_task(f"conf-{uuid.uuid4().hex[:12]}" if task_id is None else task_id, **options)
 
     def publish_raw(self, body: str) -> None:
-        """Put a body on the suite's queue by hand, bypassing the task API."""
+        """Put a body on the suite's queue by hand, bypassing the task API: with
+        ``publish_raw`` when the queue has it (:class:`SupportsRawPublish`), else with
+        ``enqueue``, which carries any string unchanged."""
         q = self.backend.queue
         if isinstance(q, SupportsRawPublish):
             q.publish_raw(self.queue, body)

@@ -31,6 +31,13 @@ def ping() -> str:
     return "pong"
 
 
+@job(name="conformance.where")
+def where(path: str) -> None:
+    """Write the pid of the process running this job (the harness learns where jobs run)."""
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
 @job(name="conformance.record")
 def record(path: str, label: str, seconds: float = 0.0) -> None:
     if seconds:

@@ -1,12 +1,18 @@
 """Factories of the backends whose jobs run on threads of the calling process: ``memory``,
-``eager``, ``sqlite`` and ``redis`` (state in Redis, jobs in this process)."""
+``eager``, ``sqlite`` and ``redis`` (state in Redis, jobs in this process).
+
+Every option is checked like an adapter's (:func:`multistep_core.kit.check_options`): an
+unknown name gets a "did you mean", a value that is not usable a :class:`ConfigurationError`
+naming the option, the value and what it must be (``lease=abc``, ``lease=-1``, ``threads=0``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .. import kit
 from ..backend import Backend
-from ..options import reject_unknown, sqlite_path
+from ..options import sqlite_path
 from ..store import DEFAULT_LEASE
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -14,32 +20,38 @@ from .threads import EagerQueue, ThreadQueue
 
 DEFAULT_THREADS = 4
 
+_THREADS = kit.integer(DEFAULT_THREADS, minimum=1, maximum=1024)
+_LEASE = kit.seconds(DEFAULT_LEASE)
+MEMORY_OPTIONS = {"threads": _THREADS, "lease": _LEASE}
+EAGER_OPTIONS = {"lease": _LEASE}
+SQLITE_OPTIONS = MEMORY_OPTIONS
+REDIS_OPTIONS = {**MEMORY_OPTIONS, "prefix": kit.text("ms", empty=False, what="a key prefix")}
 
-def memory_backend(url: str = "memory", *, threads: int = DEFAULT_THREADS, lease: float = DEFAULT_LEASE, **opts: Any) -> Backend:
+
+def memory_backend(url: str = "memory", **options: Any) -> Backend:
     """``memory``: state in memory, jobs on ``threads`` threads of this process."""
-    reject_unknown(opts, {"threads", "lease"}, "memory")
-    return Backend(MemoryStore(lease=lease), ThreadQueue(threads), name="memory")
+    opts = kit.check_options("memory", options, MEMORY_OPTIONS)
+    return Backend(MemoryStore(lease=opts["lease"]), ThreadQueue(opts["threads"]), name="memory")
 
 
-def eager_backend(url: str = "eager", *, lease: float = DEFAULT_LEASE, **opts: Any) -> Backend:
+def eager_backend(url: str = "eager", **options: Any) -> Backend:
     """``eager``: state in memory, every job run inline when added. For unit tests."""
-    reject_unknown(opts, {"lease"}, "eager")
-    return Backend(MemoryStore(lease=lease), EagerQueue(), name="eager", eager=True)
+    opts = kit.check_options("eager", options, EAGER_OPTIONS)
+    return Backend(MemoryStore(lease=opts["lease"]), EagerQueue(), name="eager", eager=True)
 
 
-def sqlite_backend(url: str = "sqlite", *, threads: int = DEFAULT_THREADS, lease: float = DEFAULT_LEASE, **opts: Any) -> Backend:
+def sqlite_backend(url: str = "sqlite", **options: Any) -> Backend:
     """``sqlite:///path.db``: durable state in a SQLite file, jobs on threads of this process."""
-    reject_unknown(opts, {"threads", "lease"}, "sqlite")
-    return Backend(SQLiteStore(sqlite_path(url), lease=lease), ThreadQueue(threads), name="sqlite")
+    opts = kit.check_options("sqlite", options, SQLITE_OPTIONS)
+    return Backend(SQLiteStore(sqlite_path(url), lease=opts["lease"]), ThreadQueue(opts["threads"]), name="sqlite")
 
 
-def redis_backend(url: str = "redis", *, threads: int = DEFAULT_THREADS, lease: float = DEFAULT_LEASE,
-                  prefix: str = "ms", **opts: Any) -> Backend:
+def redis_backend(url: str = "redis", **options: Any) -> Backend:
     """``redis://host:6379/0``: state in Redis (one Lua script per transition), jobs on
     ``threads`` threads of this process (``redis`` alone: the local default)."""
-    from ..kit import store_from_url  # the Redis store, checked at connect (reachable, not evicting)
     from ..redis import DEFAULT_URL
 
-    reject_unknown(opts, {"threads", "lease", "prefix"}, "redis")
-    store = store_from_url(url if "://" in url else DEFAULT_URL, prefix=str(prefix), lease=lease)
-    return Backend(store, ThreadQueue(int(threads)), name="redis")
+    opts = kit.check_options("redis", options, REDIS_OPTIONS)
+    # the Redis store, checked at connect (reachable, database exists, not evicting)
+    store = kit.store_from_url(url if "://" in url else DEFAULT_URL, prefix=opts["prefix"], lease=opts["lease"])
+    return Backend(store, ThreadQueue(opts["threads"]), name="redis")

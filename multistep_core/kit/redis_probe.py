@@ -6,9 +6,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import BackendConnectionError, ConfigurationError, MultistepError
 from ..options import redact_url
-from .connect import PROBE_TIMEOUT, reaching
+from .connect import PROBE_TIMEOUT, reaching, reason
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
@@ -52,7 +52,22 @@ def probe_redis(url: str, what: str) -> None:
         raise ConfigurationError(f"bad Redis URL {redact_url(url)!r} for {what}: {exc}") from None
     try:
         with reaching(what, url, redis_errors()):
-            client.ping()
+            try:
+                client.ping()
+            except redis.exceptions.ResponseError as exc:  # refused at SELECT or AUTH, not unreachable
+                raise _refused(url, what, exc) from None
             warn_if_evicting(client, url)
     finally:
         client.close()
+
+
+def _refused(url: str, what: str, exc: Exception) -> MultistepError:
+    """The error for a Redis that answers but refuses the connection's setup (``SELECT 99``)."""
+    msg = str(exc)
+    if "DB index" in msg:
+        db = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return ConfigurationError(
+            f"{what} at {redact_url(url)} has no database {db} ({msg}): use a database number from 0 to the "
+            "server's 'databases' setting minus 1 (16 databases, 0-15, by default), e.g. redis://host:6379/0"
+        )
+    return BackendConnectionError(f"{what} at {redact_url(url)} refused the connection: {reason(exc)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..model import Failure, Progress, Rejected, TaskOptions, TaskState
@@ -56,8 +57,9 @@ class RedisReads(RedisBase):
 
     def failures(self, task_id: str) -> list[Failure]:
         k = self.keys(task_id)
-        errs = self._script("failures", [k[2], k[4]], [])
-        out = [Failure.from_dict(json.loads(e)) for e in errs]
+        errs = self._script("failures", [k[2], k[4], k[3]], [])
+        pairs = zip(errs[::2], errs[1::2], strict=True)  # (failure JSON, "1" if resolved by a later attempt)
+        out = [replace(Failure.from_dict(json.loads(e)), resolved=_s(flag) == "1") for e, flag in pairs]
         out.sort(key=lambda f: (f.ref[0] != "j", f.ref[0], int(f.ref[1:])))
         return out
 

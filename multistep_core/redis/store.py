@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidJob, InvalidTransition, TaskExists
+from ..history import retry_refused
 from ..model import CALLBACK, Dispatch, Failure, Start, TaskOptions, parse_ref
+from .base import _s
 from .index import DueIndex
 from .reads import RedisReads
 
@@ -211,7 +213,7 @@ class RedisStore(RedisReads, DueIndex):
         if res[0] == "notfound":
             raise self._not_found(task_id)
         if res[0] == "notfailed":
-            raise InvalidTransition(f"task {task_id!r} is {res[1]}; only a failed task can be retried")
+            raise retry_refused(task_id, str(_s(res[1])))
         if res[0] == "D":
             return self._dispatch(task_id, res)
         return Dispatch(task_id, res[1], tuple(res[2:]))

@@ -2,6 +2,13 @@
 -- ARGV: now, lease
 if not load_task() or expired() then return {'notfound'} end
 if T.state ~= 'failed' then return {'notfailed', T.state} end
+-- the failure a row resumes from stays in KE as 'h<ref>' (history: failures.lua lists it,
+-- resolved, once the row succeeds; RowStore keeps it in the row's error, marked 'retried')
+local function keep_history(ref)
+  local e = redis.call('HGET', KE, ref)
+  if e then redis.call('HSET', KE, 'h' .. ref, e) end
+  redis.call('HDEL', KE, ref)
+end
 tset('finished_at', nil)
 tset('expires_at', nil)
 persist_all()
@@ -21,7 +28,7 @@ for i = 0, T.total - 1 do
     if r.st ~= 'r' then
       if r.st == 'f' then
         failed = failed - 1
-        redis.call('HDEL', KE, ref)
+        keep_history(ref)
       end
       if r.st ~= 'p' or r.f ~= 0 or r.l ~= 0 then
         r.st = 'p'; r.f = 0; r.l = 0
@@ -44,7 +51,7 @@ end
 if fin_failed and #refs == 0 then
   local r = get_row('f', tonumber(string.sub(fin_failed, 2)), fin_failed)
   r.f = 0; r.l = 0
-  redis.call('HDEL', KE, fin_failed)
+  keep_history(fin_failed)
   put_row(fin_failed, r)
   tset('state', 'finalizing')
   local d = follow(fin_failed)

@@ -1,0 +1,38 @@
+"""The ``multistep`` command line: run the demo, run a worker, inspect and control tasks.
+
+    multistep demo                              # a sample task on the embedded backend
+    multistep -b sqlite:///tasks.db ls          # tasks in a SQLite store
+    multistep -b redis://localhost/0 show ID    # one task: progress, options, failures
+    multistep -b rq+redis://localhost/0 worker myapp.jobs -q default -c 8
+
+Modules: :mod:`.base` (the group, exit codes, output helpers, connecting), :mod:`.run`
+(``demo``, ``worker``), :mod:`.inspect` (``ls``, ``show``, ``rejected``), :mod:`.control`
+(``watch``, ``retry``, ``cancel``, ``delete``), :mod:`.triage` (grouping failures for ``show``).
+The console script is ``multistep_core.cli:main``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import control, inspect, run  # noqa: F401  (each registers its commands on the group)
+from .base import (
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    MEMORY_HINT,
+    cli,
+)
+
+__all__ = [
+    "EXIT_ERROR", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_TIMEOUT",
+    "MEMORY_HINT", "cli", "main",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="multistep")

@@ -1,0 +1,5 @@
+"""``python -m multistep_core.cli`` is ``multistep``."""
+
+from . import main
+
+main()

@@ -1,0 +1,154 @@
+"""Commands that read state: ``ls``, ``show``, ``rejected``."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from ..model import Progress as TaskProgress
+from ..model import Rejected, TaskState
+from .base import (
+    MEMORY_HINT,
+    age,
+    cli,
+    echo_json,
+    exit_code_of,
+    get_task,
+    hint,
+    is_memory,
+    json_option,
+    next_steps,
+    obj,
+    out,
+    progress_json,
+    state_text,
+    when,
+)
+from .triage import group_failures, group_panel
+
+SHOW_GROUPS = 10  # failure groups `show` prints unless --limit says otherwise
+
+
+@cli.command(name="ls")
+@click.option("--state", "state_filter", type=click.Choice([s.value for s in TaskState]), default=None,
+              help="Only tasks in this state.")
+@click.option("--limit", "-n", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@json_option
+@click.pass_context
+def ls_cmd(ctx: click.Context, state_filter: str | None, limit: int, as_json: bool) -> None:
+    """List tasks: id, state, jobs done/total, failed, finalizers, age."""
+    backend = obj(ctx).connect(ctx)
+    tasks = backend.list_tasks(state_filter, limit)
+    if as_json:
+        echo_json([progress_json(p) for p in tasks])
+    else:
+        now = time.time()
+        table = Table(title=f"tasks on {backend.name}" + (f" ({state_filter})" if state_filter else ""))
+        table.add_column("id", no_wrap=True)
+        table.add_column("state", no_wrap=True)
+        table.add_column("jobs", justify="right", no_wrap=True)
+        table.add_column("failed", justify="right")
+        table.add_column("finalizers", justify="right", no_wrap=True)
+        table.add_column("age", justify="right", no_wrap=True)
+        for p in tasks:
+            table.add_row(
+                p.task_id, state_text(p.state), f"{p.done}/{p.total}",
+                Text(str(p.failed), style="red" if p.failed else ""),
+                f"{p.finalizers_done}/{p.finalizers_total}", age(p.created_at, now),
+            )
+        if tasks:
+            out().print(table)
+        else:
+            out().print("no tasks" + (f" in state {state_filter}" if state_filter else ""))
+    if not tasks and is_memory(backend):
+        hint(MEMORY_HINT)
+
+
+def progress_table(p: TaskProgress) -> Table:
+    t = Table(show_header=False, title=f"task {p.task_id}", title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(overflow="fold")
+    t.add_row("state", state_text(p.state))
+    t.add_row("progress", f"{p.percent:.1f} %")
+    waiting = (f"{p.skipped} skipped (never started: the task ended first)" if p.skipped
+               else f"{p.pending} pending")
+    t.add_row("jobs", f"{p.done}/{p.total} ended: {p.succeeded} succeeded, {p.failed} failed, "
+                      f"{p.running} running, {waiting}")
+    t.add_row("finalizers", f"{p.finalizers_done}/{p.finalizers_total}")
+    t.add_row("created", when(p.created_at))
+    t.add_row("sealed", when(p.sealed_at))
+    t.add_row("finished", when(p.finished_at))
+    if p.elapsed is not None:
+        t.add_row("took", f"{p.elapsed:.3f} s")
+    if p.cancelled_at is not None or p.cancelled_by:
+        t.add_row("cancelled", f"{when(p.cancelled_at)} by {p.cancelled_by or '?'}")
+    o = p.options
+    t.add_row("options", f"policy={o.policy.value} max_retries={o.max_retries} backoff={o.backoff}s "
+                         f"backoff_max={o.backoff_max}s max_lost={o.max_lost} keep_results={o.keep_results} "
+                         f"retention={o.retention:g}s queue={o.queue}")
+    return t
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--limit", "-n", default=SHOW_GROUPS, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Failure groups to print (identical failures are one group).")
+@json_option
+@click.pass_context
+def show(ctx: click.Context, task_id: str, limit: int, as_json: bool) -> None:
+    """Show one task: progress, options, and its failures.
+
+    Identical failures (same type and message) are one group: its count, refs, the arguments
+    of the first few, and one traceback. Exits 1 if the task ended failed or cancelled.
+    """
+    backend = obj(ctx).connect(ctx)
+    task = get_task(backend, task_id)
+    p = task.progress()
+    failures = task.failures()
+    groups = group_failures(failures)
+    if as_json:
+        echo_json({
+            "progress": progress_json(p),
+            "failures": [f.to_dict() for f in failures],
+            "failure_groups": [g.to_dict() for g in groups[:limit]],
+        })
+        ctx.exit(exit_code_of(p))
+    console = out()
+    console.print(progress_table(p))
+    if failures:
+        console.print(Text(f"{len(failures)} failure(s) in {len(groups)} group(s):", style="bold red"))
+        for g in groups[:limit]:
+            console.print(group_panel(g))
+        if len(groups) > limit:
+            rest = sum(g.count for g in groups[limit:])
+            console.print(Text(f"... {len(groups) - limit} more group(s), {rest} failure(s): "
+                               f"show {task_id} --limit {len(groups)}", style="yellow"))
+    next_steps(backend, p)
+    ctx.exit(exit_code_of(p))
+
+
+@cli.command()
+@click.option("--limit", "-n", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@json_option
+@click.pass_context
+def rejected(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Messages workers refused (forged, malformed, or for tasks that no longer exist)."""
+    backend = obj(ctx).connect(ctx)
+    items: list[Rejected] = backend.rejected(limit)
+    if as_json:
+        echo_json([{"at": r.at, "reason": r.reason, "raw": r.raw} for r in items])
+    elif items:
+        table = Table(title=f"rejected messages on {backend.name}")
+        table.add_column("when")
+        table.add_column("reason", overflow="fold")
+        table.add_column("message", overflow="fold")
+        for r in items:
+            table.add_row(when(r.at), Text(r.reason), Text(r.raw[:500]))
+        out().print(table)
+    else:
+        out().print("no rejected messages")
+    if not items and is_memory(backend):
+        hint(MEMORY_HINT)
