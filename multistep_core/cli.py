@@ -531,6 +531,12 @@ def rejected(ctx: click.Context, limit: int, as_json: bool) -> None:
         _hint(MEMORY_HINT)
 
 
+# -- web: the dashboard (multistep_core/web/cli.py; uvicorn and Starlette load when it runs) --
+from .web.cli import web as _web  # noqa: E402
+
+cli.add_command(_web)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="multistep")
