@@ -8,10 +8,12 @@ progress through ``/api/events`` (server-sent events) and acts through ``/api/ta
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import jinja2
 from starlette.applications import Starlette
@@ -33,6 +35,7 @@ from .security import COOKIE, HEADERS, Auth, safe_next
 
 PER_PAGE = 50
 ACTIONS = ("retry", "cancel", "delete")
+MAX_FORM = 4096  # bytes of a sign-in or sign-out form
 KEEPALIVE = 15.0  # seconds between two comments on an idle event stream
 
 
@@ -141,9 +144,9 @@ class Dashboard:
         return self.render(request, "rejected.html", items=data.rejected_list(items))
 
     async def login(self, request: Request) -> Response:
-        form = await request.form()
-        token = str(form.get("token") or "")
-        back = safe_next(str(form.get("next") or ""), self.base(request))
+        form = await _form(request)
+        token = form.get("token", "")
+        back = safe_next(form.get("next"), self.base(request))
         if not self.auth.enabled:
             return self.render(request, "error.html", 403, message="this dashboard is read-only: it was started without a token")
         if not self.auth.token_matches(token):
@@ -154,10 +157,10 @@ class Dashboard:
         return resp
 
     async def logout(self, request: Request) -> Response:
-        form = await request.form()
-        back = safe_next(str(form.get("next") or ""), self.base(request))
+        form = await _form(request)
+        back = safe_next(form.get("next"), self.base(request))
         resp = RedirectResponse(back, status_code=303)
-        if str(form.get("csrf") or "") == self.auth.csrf_for(request):
+        if hmac.compare_digest(form.get("csrf", ""), self.auth.csrf_for(request)):
             resp.delete_cookie(COOKIE, path=self.base(request) + "/")
         return resp
 
@@ -262,6 +265,14 @@ class Dashboard:
                 quiet = time.monotonic()
                 yield ": keepalive\n\n"
             await asyncio.sleep(self.poll)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The fields of a small url-encoded form (sign-in, sign-out): no multipart parser needed."""
+    raw = await request.body()
+    if len(raw) > MAX_FORM:
+        raise HTTPException(413, f"form larger than {MAX_FORM} bytes")
+    return {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
 
 
 def _task_id(request: Request) -> str:
