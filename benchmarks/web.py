@@ -79,7 +79,8 @@ def fill(store: Store, n: int) -> str:
             store.add_jobs(tid, "j", [SPEC], now)
             store.seal(tid, now)
             st = store.start(tid, "j0", now)
-            store.finish(tid, "j0", st.attempt, now, error=Failure("j0", "bench.work", "ValueError", "boom", "Traceback ...", 1, now))
+            err = Failure("j0", "bench.work", "ValueError", "boom", "Traceback ...", 1, now)
+            store.finish(tid, "j0", st.attempt, now, error=err)
             failed_id = tid
         elif kind < 999:  # running: a job not started yet
             store.add_jobs(tid, "j", [SPEC], now)
