@@ -235,6 +235,10 @@ def test_mounted_in_a_starlette_app_and_through_wsgi(backend: Backend, tmp_path:
     seen: list[str] = []
     body = b"".join(app(environ, lambda status, headers, exc_info=None: seen.append(status)))
     assert seen == ["200 OK"] and json.loads(body)["progress"]["task_id"] == tid
+    environ = {"SCRIPT_NAME": "/ops/tasks", "PATH_INFO": "/", "REQUEST_METHOD": "GET"}  # DispatcherMiddleware's split
+    setup_testing_defaults(environ)
+    html = b"".join(app(environ, lambda status, headers, exc_info=None: seen.append(status))).decode()
+    assert seen[-1] == "200 OK" and 'href="/ops/tasks/static/style.css"' in html
 
 
 def test_cli_help_and_short_token() -> None:
