@@ -254,3 +254,16 @@ def test_cli_help_and_short_token() -> None:
 
     with pytest.raises(ConfigurationError, match="at least 8"):
         create_app("memory", token="short")
+
+
+def test_the_command_line_works_without_the_web_extra() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['starlette'] = sys.modules['uvicorn'] = None; "
+        "from multistep_core.cli import main; main(['-b', 'memory', 'web'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and 'pip install "multistep[web]"' in out.stderr, out.stderr
+    assert "starlette" in out.stderr

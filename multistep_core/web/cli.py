@@ -45,9 +45,11 @@ def web(ctx: click.Context, host: str, port: int, token: str | None, modules: tu
     Needs pip install "multistep[web]". Binds 127.0.0.1 unless --host says otherwise.
     """
     try:
+        import jinja2  # noqa: F401
+        import starlette  # noqa: F401
         import uvicorn
-    except ImportError:
-        raise click.ClickException('the web dashboard needs uvicorn; install it with: pip install "multistep[web]"') from None
+    except ImportError as exc:
+        raise click.ClickException(f'the web dashboard needs {exc.name}; install it with: pip install "multistep[web]"') from None
     from ..config import connect
     from . import create_app
 

@@ -23,9 +23,11 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from starlette.requests import Request
+if TYPE_CHECKING:  # Starlette is imported by the app, not by the command line
+    from starlette.requests import Request
 
 TOKEN_ENV = "MULTISTEP_WEB_TOKEN"
 COOKIE = "multistep_session"
