@@ -267,3 +267,25 @@ def test_the_command_line_works_without_the_web_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and 'pip install "multistep[web]"' in out.stderr, out.stderr
     assert "starlette" in out.stderr
+
+
+@pytest.mark.usefixtures("redis_service")
+def test_the_benchmark_runs_at_a_tiny_size() -> None:
+    """benchmarks/web.py end to end at 60 tasks on both stores: every request answered, every
+    figure reported (no timing is checked: benchmarks are never timed assertions)."""
+    import subprocess
+    import sys
+
+    from services import REDIS_ADDR
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.web", "--sizes", "60", "--repeat", "2", "--json",
+         "--redis", f"redis://{REDIS_ADDR}/11"], capture_output=True, text=True, timeout=120, cwd=root,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["store"], r["tasks"]) for r in rows] == [("sqlite", 60), ("redis", 60)]
+    for r in rows:
+        assert set(r["requests"]) == {"list", "api", "api failed", "api cancelled", "api search", "task"}
+        assert all(v["p50_ms"] > 0 and v["p95_ms"] >= v["p50_ms"] for v in r["requests"].values())

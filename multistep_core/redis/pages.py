@@ -5,8 +5,9 @@ by creation time, so:
 
 * no filter: ``ZREVRANGE`` (or ``ZRANGE``) of the slice, then one ``HGETALL`` per task on the
   page, in one pipeline; the total is ``ZCARD``.
-* an id search: ``ZSCAN ... MATCH *text*`` (case folded into the glob), done by Redis over the
-  index alone, then the page's ``HGETALL``\\ s; the total is the number of ids that matched.
+* an id search: ``page_walk.lua`` walks the index inside Redis in slices, lower-casing each id
+  and looking for the text, and returns only the page's ids and the number of matches (the
+  total); it reads no other key. Then the page's ``HGETALL``\\ s.
 * a state filter: the index is walked from the start in growing slices by ``page_walk.lua``,
   which reads each task's ``state`` inside Redis and returns only the matching ids, until the
   page is full; a deep page of a rare state costs a walk that long (a few ms per 5,000 tasks).
@@ -32,19 +33,6 @@ from .scripts import lua_file
 
 FIRST_SLICE = 200  # index entries read in the first round trip of a state walk
 MAX_SLICE = 5000  # ... growing to this many
-
-
-def _glob(text: str) -> str:
-    """A case-insensitive ``MATCH`` pattern for ids containing ``text`` (glob specials escaped)."""
-    out = []
-    for c in text:
-        if c.lower() != c.upper():
-            out.append(f"[{c.lower()}{c.upper()}]")
-        elif c in "*?[]\\^-":
-            out.append("\\" + c)
-        else:
-            out.append(c)
-    return "*" + "".join(out) + "*"
 
 
 def _metas(store: RedisBase, ids: Sequence[str], now: float) -> tuple[list[Progress | None], int]:
@@ -88,23 +76,6 @@ def _index_slice(store: RedisBase, start: int, stop: int, newest_first: bool) ->
         return [_s(m) for m in store.r.zrange(store._k_tasks, start, stop)]
 
 
-def _search(store: RedisBase, text: str, newest_first: bool) -> list[str]:
-    """Ids containing ``text`` (case-insensitive), in creation order."""
-    found: dict[str, float] = {}
-    cursor = 0
-    with store._errors():
-        while True:
-            cursor, batch = store.r.zscan(store._k_tasks, cursor, match=_glob(text), count=10000)
-            for m, sc in batch:
-                found[_s(m)] = float(sc)
-            if int(cursor) == 0:
-                break
-    needle = text.lower()
-    hits = [t for t in found if needle in t.lower()]  # the glob is a superset only by escaping quirks
-    hits.sort(key=lambda t: (found[t], t), reverse=newest_first)
-    return hits
-
-
 def _walk(store: RedisBase, query: TaskQuery) -> Iterator[list[str]]:
     """The index in slices, in the query's order."""
     start, size = 0, FIRST_SLICE
@@ -137,35 +108,9 @@ def page_tasks(store: RedisBase, query: TaskQuery) -> TaskPage:
         return page_of(query, found)
     if query.state is None and query.search is None:
         return _plain_page(store, query, now)
-    want = query.state.value if query.state is not None else None
-    if query.search is not None:
-        hits = _search(store, query.search, query.newest_first)
-        if want is not None:
-            hits = [t for t, st in zip(hits, _states(store, hits), strict=True) if st == want]
-        page = hits[query.offset : query.offset + query.limit]
-        items = [p for p in _metas(store, page, now)[0] if p is not None]
-        total = len(hits) if query.count else None
-        return TaskPage(items, query.offset, query.limit, total, query.offset + query.limit < len(hits))
-    if not _cluster(store):
-        return _state_page(store, query, now)
-    matched: list[str] = []
-    skipped = 0
-    exhausted = True
-    for ids in _walk(store, query):
-        states = _states(store, ids) if want is not None else [None] * len(ids)
-        for tid, st in zip(ids, states, strict=True):
-            if want is not None and st != want:
-                continue
-            if skipped < query.offset:
-                skipped += 1
-                continue
-            matched.append(tid)
-        if len(matched) > query.limit:
-            exhausted = False
-            break
-    items = [p for p in _metas(store, matched[: query.limit], now)[0] if p is not None]
-    total = skipped + len(matched) if exhausted and query.count else None
-    return TaskPage(items, query.offset, query.limit, total, len(matched) > query.limit)
+    if query.state is not None and _cluster(store):
+        return _python_walk(store, query, now)
+    return _scripted_page(store, query, now)
 
 
 def _cluster(store: RedisBase) -> bool:
@@ -177,31 +122,72 @@ def _walk_script() -> str:
     return lua_file("page_walk")
 
 
-def _state_page(store: RedisBase, query: TaskQuery, now: float) -> TaskPage:
-    """A state-filtered page: ``page_walk.lua`` looks at the index a slice at a time inside
-    Redis and returns only the matching ids (the Python walk needs a round trip per task)."""
-    assert query.state is not None
+def _run_walk(store: RedisBase, query: TaskQuery, now: float, state: str, need: int,
+              to_end: bool) -> tuple[list[str], int, bool]:
+    """``page_walk.lua`` over the index, a slice per call, until ``need`` ids (or the end when
+    ``to_end``). Returns the ids, how many matched in the slices walked, whether it reached
+    the end of the index."""
     script = store.__dict__.get("_page_walk")
     if script is None:
         script = store.__dict__["_page_walk"] = store.r.register_script(_walk_script())
-    need = query.offset + query.limit + 1
     matched: list[str] = []
-    pos, size, exhausted = 0, FIRST_SLICE, False
-    while len(matched) < need:
-        args = [store.prefix, pos, size, query.state.value, int(query.newest_first), repr(now), need - len(matched)]
+    counted = 0
+    pos, size = 0, FIRST_SLICE
+    needle = (query.search or "").lower()
+    while True:
+        args = [store.prefix, pos, size, state, int(query.newest_first), repr(now), max(need - len(matched), 0), needle]
         with store._errors():
             res = _s(script(keys=[store._k_tasks], args=args))
-        looked = int(res[0])
-        matched += res[1:]
+        looked, counted = int(res[0]), counted + int(res[1])
+        matched += res[2:]
         pos += looked
-        if looked < size and len(matched) < need:
-            exhausted = True
-            break
+        if len(matched) >= need and not to_end:
+            return matched, counted, False
+        if looked < size:  # the end of the index
+            return matched, counted, True
         size = min(size * 4, MAX_SLICE)
+
+
+def _scripted_page(store: RedisBase, query: TaskQuery, now: float) -> TaskPage:
+    """A filtered page: ``page_walk.lua`` looks at the index a slice at a time inside Redis and
+    returns only the matching ids (a state filter reads each task's state there; a search alone
+    reads the index only, and walks it to the end to count the matches)."""
+    need = query.offset + query.limit + 1
+    state = query.state.value if query.state is not None else ""
+    matched, counted, ended = _run_walk(store, query, now, state, need, to_end=not state and query.count)
     page = matched[query.offset : query.offset + query.limit]
     items = [p for p in _metas(store, page, now)[0] if p is not None]
-    total = len(matched) if exhausted and query.count else None
+    total = counted if ended and query.count else None
     return TaskPage(items, query.offset, query.limit, total, len(matched) > query.offset + query.limit)
+
+
+def _python_walk(store: RedisBase, query: TaskQuery, now: float) -> TaskPage:
+    """A state filter on a cluster client: candidates from the index (or from a search, which
+    reads the index only), each task's state read with a pipelined ``HMGET``."""
+    assert query.state is not None
+    want = query.state.value
+    if query.search is not None:
+        hits = _run_walk(store, query, now, "", 2**62, to_end=True)[0]
+        slices: Iterator[list[str]] = iter([hits])
+    else:
+        slices = _walk(store, query)
+    matched: list[str] = []
+    skipped = 0
+    exhausted = True
+    for ids in slices:
+        for tid, st in zip(ids, _states(store, ids), strict=True):
+            if st != want:
+                continue
+            if skipped < query.offset:
+                skipped += 1
+                continue
+            matched.append(tid)
+        if len(matched) > query.limit:
+            exhausted = False
+            break
+    items = [p for p in _metas(store, matched[: query.limit], now)[0] if p is not None]
+    total = skipped + len(matched) if exhausted and query.count else None
+    return TaskPage(items, query.offset, query.limit, total, len(matched) > query.limit)
 
 
 def _plain_page(store: RedisBase, query: TaskQuery, now: float) -> TaskPage:
