@@ -56,7 +56,10 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         backend.close()
         return
     request.getfixturevalue("redis_service")
-    pytest.importorskip("rq")
+    try:
+        import rq  # noqa: F401
+    except ImportError:
+        missing('rq is not installed (pip install "multistep[rq]")')
     tag = uuid.uuid4().hex[:6]
     url = f"rq+redis://{REDIS_ADDR}/10?prefix=msweb{tag}&queue_prefix=msweb{tag}:"
     backend = connect(url)

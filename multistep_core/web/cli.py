@@ -66,6 +66,9 @@ def web(ctx: click.Context, host: str, port: int, token: str | None, modules: tu
     ctx.call_on_close(backend.close)
     app = create_app(backend, token=token, poll=poll)
     mode = "actions need the token" if token else "read-only (no --token)"
+    if backend.name == "memory":
+        click.echo("hint: the memory backend keeps state inside one process; this dashboard shows only its "
+                   "own tasks (use sqlite:///file.db or a Redis backend, or mount create_app in your process)", err=True)
     if not _loopback(host) and not token:
         click.echo(f"warning: serving on {host}, reachable from the network", err=True)
     shown = f"[{host}]" if ":" in host else host
