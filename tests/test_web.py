@@ -99,6 +99,20 @@ def test_task_failures_are_grouped_with_arguments(server: str, backend: Backend,
     assert call("GET", f"{server}/api/tasks/bad%20id")[0] == 400
 
 
+def test_results_when_kept(server: str, backend: Backend, tmp_path: Path) -> None:
+    tid = f"kept-{uuid.uuid4().hex[:8]}"
+    fixed = tmp_path / "fixed"
+    fixed.touch()
+    with backend.create_task(tid, keep_results=True) as t:
+        t.add_jobs(web_jobs.flaky, [(i, str(fixed), "disk") for i in range(120)])
+    assert t.wait(timeout=60).state.value == "succeeded"
+    _, res, _ = call("GET", f"{server}/api/tasks/{tid}/results?limit=500")
+    assert res["total"] == 120 and res["items"][:2] == [{"ref": "j0", "value": 0}, {"ref": "j1", "value": 1}]
+    assert res["items"][-1] == {"ref": "j119", "value": 119}
+    _, html, _ = call("GET", f"{server}/tasks/{tid}")
+    assert "Results <span class=\"num\">(120)</span>" in html and "first 100 of 120 shown" in html
+
+
 def test_html_escapes_messages_arguments_and_rejected_messages(server: str, backend: Backend, tmp_path: Path) -> None:
     tid = failed_task(backend, tmp_path)
     backend.store.reject('{"v":1,"task":"<script>alert(3)</script>"}', "forged: <b>bold</b>", time.time())
