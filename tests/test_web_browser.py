@@ -200,6 +200,8 @@ def test_failed_task_grouped_refused_without_token_then_retried_with_it(
     expect(page.locator("#flash")).to_contain_text("retry of task")
     expect(page.locator("#task [data-field='state']")).to_have_text("succeeded")
     expect(page.locator("#task [data-field='percent']")).to_have_text("100 %")
+    expect(page.get_by_role("button", name="Retry")).to_be_hidden()  # only a failed task can be retried
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
     assert backend.get_task(tid).progress().finalizers_done == 2
     page.reload()
     expect(page.locator("#no-failures")).to_be_visible()

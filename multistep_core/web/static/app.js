@@ -43,6 +43,11 @@
     set(root, "finalizers", p.finalizers_done + "/" + p.finalizers_total);
     set(root, "took", duration(p.elapsed));
     root.dataset.state = p.state;
+    // Retry only a failed task; cancel only one that has not succeeded or been cancelled.
+    var retry = root.querySelector('button[data-action="retry"]');
+    if (retry) retry.hidden = p.state !== "failed";
+    var cancel = root.querySelector('button[data-action="cancel"]');
+    if (cancel) cancel.hidden = p.state === "succeeded" || p.state === "cancelled";
   }
 
   // -- live progress ------------------------------------------------------------------
