@@ -125,3 +125,27 @@ def test_redis_state_walk_from_python_gives_the_same_pages(store: Store, monkeyp
     monkeypatch.setattr(pages, "_cluster", lambda s: True)
     walked = [store.page_tasks(q) for q in QUERIES if q.state is not None]
     assert [(p.items, p.has_more) for p in walked] == [(p.items, p.has_more) for p in scripted]
+
+
+def test_sqlite_pages_do_not_wait_for_the_write_lock(tmp_path: Path) -> None:
+    """A dashboard reading pages of a busy SQLite store runs beside a writer's transaction."""
+    import sqlite3
+    import threading
+
+    from multistep_core.embedded.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "busy.db"))
+    _fill(store, 20)
+    writer = sqlite3.connect(store.path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a worker mid-transition holds the write lock
+    pages: list[int] = []
+    reader = threading.Thread(target=lambda: pages.append(len(store.page_tasks(TaskQuery(limit=5)).items)))
+    try:
+        reader.start()
+        reader.join(timeout=30)  # an IMMEDIATE read would wait for the lock (busy_timeout 60 s)
+        assert pages == [5]
+    finally:
+        writer.execute("ROLLBACK")
+        reader.join()
+        writer.close()
+        store.close()
