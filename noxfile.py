@@ -4,6 +4,7 @@
     nox -s tests                # the whole test suite (what CI runs)
     nox -s core                 # the core alone, with no queue library installed
     nox -s "conformance(backend='rq')"
+    nox -s web                  # the web dashboard, in Chromium too
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def conformance(session: nox.Session, backend: str) -> None:
     session.run(
         "python", "-m", "pytest", "--pyargs", "multistep_conformance",
         f"--multistep-backend={BACKENDS[backend]}", "-p", "no:cacheprovider", *session.posargs,
+    )
+
+
+@nox.session
+def web(session: nox.Session) -> None:
+    """The web dashboard: API and security tests, the browser tests (Chromium at /usr/bin/chromium)."""
+    session.install("-e", ".[web,rq,test]")
+    session.run(
+        "python", "-m", "pytest", "tests/test_listing.py", "tests/test_web.py", "tests/test_web_browser.py",
+        *session.posargs,
     )
 
 

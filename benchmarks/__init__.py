@@ -1,4 +1,5 @@
-"""Fan-in benchmarks (``python benchmarks/fanin.py --help``, or ``python -m benchmarks.fanin``).
+"""Fan-in benchmarks (``python benchmarks/fanin.py --help``, or ``python -m benchmarks.fanin``),
+and the web dashboard's (``python benchmarks/web.py --help``: ``web``, on its own).
 
 The benchmark process:
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from .errors import InvalidJob, InvalidTransition, TaskExists, TaskNotFound
 from .history import failure_history, retried_failure, retry_refused, with_history
+from .listing import JobDetail, TaskPage, TaskQuery, clip, page_of
 from .model import (
     CALLBACK,
     FINALIZER,
@@ -168,6 +169,16 @@ class Store(ABC):
         """Every ref of the task and its job state (for inspection and tests)."""
         raise NotImplementedError
 
+    def page_tasks(self, query: TaskQuery) -> TaskPage:
+        """One page of tasks (:mod:`.listing`). This default reads every task through
+        :meth:`list_tasks`; a store overrides it with a read of the page alone."""
+        return page_of(query, self.list_tasks(query.state, 2**62))
+
+    def job_details(self, task_id: str, refs: Sequence[str]) -> dict[str, JobDetail]:
+        """State and spec of the named jobs of a task (refs it does not have are left out)."""
+        states = self.job_states(task_id)
+        return {r: JobDetail(r, states[r]) for r in clip(refs) if r in states}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -273,6 +284,11 @@ class Txn(ABC):
 
     @abstractmethod
     def purge_expired(self, now: float) -> None: ...
+
+    def page(self, query: TaskQuery, now: float) -> TaskPage:
+        """One page of tasks not expired at ``now``. This default reads every task row."""
+        rows = self.tasks(query.state, 2**62)
+        return page_of(query, [r.progress() for r in rows if r.expires_at is None or r.expires_at > now])
 
 
 def worker_lost_failure(ref: str, fn: str, attempt: int, now: float, lease: float) -> Failure:
@@ -687,3 +703,12 @@ class RowStore(Store):
     def job_states(self, task_id: str) -> dict[str, str]:
         with self.transaction() as tx:
             return {r.ref: r.state.value for r in tx.jobs(task_id)}
+
+    def page_tasks(self, query: TaskQuery) -> TaskPage:
+        with self.transaction() as tx:
+            return tx.page(query, time.time())
+
+    def job_details(self, task_id: str, refs: Sequence[str]) -> dict[str, JobDetail]:
+        with self.transaction() as tx:
+            rows = [tx.get_job(task_id, ref) for ref in clip(refs)]
+            return {r.ref: JobDetail(r.ref, r.state.value, r.spec, r.attempt) for r in rows if r is not None}

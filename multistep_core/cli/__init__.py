@@ -7,7 +7,8 @@
 
 Modules: :mod:`.base` (the group, exit codes, output helpers, connecting), :mod:`.run`
 (``demo``, ``worker``), :mod:`.inspect` (``ls``, ``show``, ``rejected``), :mod:`.control`
-(``watch``, ``retry``, ``cancel``, ``delete``), :mod:`.triage` (grouping failures for ``show``).
+(``watch``, ``retry``, ``cancel``, ``delete``), :mod:`.triage` (grouping failures for ``show``);
+``web`` comes from :mod:`multistep_core.web.cli`.
 The console script is ``multistep_core.cli:main``.
 """
 
@@ -31,6 +32,12 @@ __all__ = [
     "EXIT_ERROR", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_TIMEOUT",
     "MEMORY_HINT", "cli", "main",
 ]
+
+
+# web: the dashboard (multistep_core/web/cli.py; uvicorn and Starlette load only when it runs)
+from ..web.cli import web as _web
+
+cli.add_command(_web)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..listing import JobDetail, TaskPage, TaskQuery
 from ..model import Failure, Progress, Rejected, TaskOptions, TaskState
 from .base import RedisBase, _s
 
@@ -142,6 +144,16 @@ class RedisReads(RedisBase):
             v = rows.get("x0")
             out["x0"] = _STATE_CODE[v[0]] if v else "pending"
         return out
+
+    def page_tasks(self, query: TaskQuery) -> TaskPage:
+        from .pages import page_tasks  # the task index's slices (pages.py)
+
+        return page_tasks(self, query)
+
+    def job_details(self, task_id: str, refs: Sequence[str]) -> dict[str, JobDetail]:
+        from .pages import job_details
+
+        return job_details(self, task_id, refs)
 
     def memory_usage(self, task_id: str) -> int:
         """Bytes Redis reports for the task's keys (``MEMORY USAGE ... SAMPLES 0``)."""
