@@ -25,8 +25,9 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from . import observe
 from .context import JobContext, _current
-from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode_refs, encode_message
+from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode_refs
 from .registry import lookup
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class _Heartbeat:
                 try:
                     store.renew(task_id, ref, attempt, time.time())
                 except Exception:  # a store hiccup must not kill the heartbeat
-                    log.exception("lease renewal failed for %s/%s", task_id, ref)
+                    log.exception("lease renewal failed for %s/%s", task_id, ref, extra=observe.log_extra(task_id, ref, attempt))
 
 
 def failure_from(exc: BaseException, ref: str, fn: str, attempt: int) -> Failure:
@@ -124,8 +125,8 @@ class Runner:
         try:
             out = self._handle(raw)
             while local.pending:
-                task_id, ref = local.pending.pop(0)
-                self._handle_one(task_id, ref, encode_message(task_id, ref))
+                task_id, ref, msg = local.pending.pop(0)
+                self._handle_one(task_id, ref, msg)
             return out
         finally:
             local.pending = None
@@ -138,6 +139,7 @@ class Runner:
         except ValueError as exc:
             log.warning("refused message %.200r: %s", text, exc)
             store.reject(text, f"refused: {exc}", time.time())
+            observe.rejected(self.backend, text, f"refused: {exc}")
             return "rejected"
         if len(refs) == 1:
             return self._handle_one(task_id, refs[0], text)
@@ -154,15 +156,19 @@ class Runner:
                 if nxt is not None:
                     start = store.start(task_id, nxt, time.time())
                 continue
+            w = observe.begin(self.backend, task_id, ref, start, text)
             result_text, error = self._execute(task_id, ref, start)
             now = time.time()
             if nxt is None:
-                self.dispatch(store.finish(task_id, ref, start.attempt, now, result=result_text, error=error))
+                d = store.finish(task_id, ref, start.attempt, now, result=result_text, error=error)
+                self.dispatch(d)
             else:
                 d, start = store.finish_then_start(
                     task_id, ref, start.attempt, now, nxt, result=result_text, error=error
                 )
                 self.dispatch(d)
+            if w is not None:
+                w.end(error, d)
             outcomes.append("failed" if error is not None else "succeeded")
         return outcomes[0] if len(set(outcomes)) == 1 else ",".join(outcomes)
 
@@ -171,8 +177,12 @@ class Runner:
         start = store.start(task_id, ref, time.time())
         if not start.run:
             return self._not_started(task_id, ref, text, start)
+        w = observe.begin(self.backend, task_id, ref, start, text)
         result_text, error = self._execute(task_id, ref, start)
-        self.dispatch(store.finish(task_id, ref, start.attempt, time.time(), result=result_text, error=error))
+        d = store.finish(task_id, ref, start.attempt, time.time(), result=result_text, error=error)
+        self.dispatch(d)
+        if w is not None:
+            w.end(error, d)
         return "failed" if error is not None else "succeeded"
 
     def _not_started(self, task_id: str, ref: str, text: str, start: Start) -> str:
@@ -183,7 +193,9 @@ class Runner:
                 f"{what}: {task_id!r} (deleted, expired, or never created)",
                 time.time(),
             )
+            observe.rejected(self.backend, text, f"{what}: {task_id!r}")
             return "rejected"
+        observe.skipped(self.backend, task_id, ref, start.reason)
         return f"skipped:{start.reason}"
 
     def _execute(self, task_id: str, ref: str, start: Start) -> tuple[str | None, Failure | None]:
@@ -202,7 +214,7 @@ class Runner:
                 f"no job function is registered as {spec.fn!r} in this worker; workers run only "
                 "functions decorated with @job in the modules they import",
             )
-            log.error("%s/%s: %s", task_id, ref, err.message)
+            log.error("%s/%s: %s", task_id, ref, err.message, extra=observe.log_extra(task_id, ref, attempt))
             return None, err
         task = self.backend.get_task_handle(task_id)
         token = _current.set(JobContext(task=task, ref=ref, attempt=attempt))
@@ -226,7 +238,8 @@ class Runner:
             self._heartbeat.remove(beat)
             _current.reset(token)
         if error is not None:
-            log.info("%s/%s attempt %d failed: %s: %s", task_id, ref, attempt, error.type, error.message)
+            log.info("%s/%s attempt %d failed: %s: %s", task_id, ref, attempt, error.type, error.message,
+                     extra=observe.log_extra(task_id, ref, attempt))
         return result_text, error
 
     def dispatch(self, d: Dispatch) -> None:
@@ -237,7 +250,7 @@ class Runner:
             and len(d.refs) == 1
             and d.refs[0][:1] in (FINALIZER, CALLBACK)
         ):
-            pending.append((d.task_id, d.refs[0]))
+            pending.append((d.task_id, d.refs[0], observe.inline_message(d.task_id, d.refs[0])))
             return
         self.backend.dispatch(d)
 

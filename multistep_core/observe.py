@@ -1,0 +1,257 @@
+"""Where the core emits :mod:`~multistep_core.hooks` events: the few lines in the runner and
+the backend call the functions here, so the logic stays out of the dispatch code.
+
+Every function is cheap when no receiver is connected: call sites test
+``observe.watching()`` (or a signal) first. :func:`autoload` turns the built-in
+integrations on from the environment once per process (see docs/observability.md):
+
+``MULTISTEP_OTEL``        ``auto`` (default: on when ``opentelemetry-api`` is importable),
+                          ``on`` (an error if it is not) or ``off``.
+``MULTISTEP_PROMETHEUS``  ``1``: record the worker metrics (``multistep worker --metrics-port``
+                          sets it, with ``PROMETHEUS_MULTIPROC_DIR``, for its worker processes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from . import hooks
+from .model import CALLBACK, FINALIZER, Dispatch, Failure, Start, TaskState
+
+if TYPE_CHECKING:
+    from .backend import Backend
+
+log = logging.getLogger("multistep.hooks")
+
+_loaded = False
+_load_lock = threading.Lock()
+
+
+def autoload() -> None:
+    """Connect the integrations the environment asks for; once per process, never raises
+    for a missing optional library in ``auto`` mode."""
+    global _loaded
+    if _loaded:
+        return
+    with _load_lock:
+        if _loaded:
+            return
+        _loaded = True
+        mode = os.environ.get("MULTISTEP_OTEL", "auto").strip().lower()
+        if mode not in ("auto", "on", "off", "1", "0", "true", "false", ""):
+            log.warning("MULTISTEP_OTEL=%r is not auto, on or off; using auto", mode)
+            mode = "auto"
+        if mode in ("on", "1", "true"):
+            from . import otel
+
+            otel.instrument()
+        elif mode in ("auto", ""):
+            import importlib.util
+
+            if importlib.util.find_spec("opentelemetry") is not None:
+                try:
+                    from . import otel
+
+                    otel.instrument()
+                except ImportError as exc:  # a broken or partial install: say so once
+                    log.warning("OpenTelemetry tracing is off: %s", exc)
+        if os.environ.get("MULTISTEP_PROMETHEUS", "").strip().lower() in ("1", "on", "true"):
+            from . import prometheus
+
+            prometheus.instrument()
+
+
+def watching() -> bool:
+    return bool(hooks.job_started or hooks.job_finished or hooks.finalizer_started or hooks.finalizer_finished)
+
+
+# -- where a message is encoded -----------------------------------------------------------
+def trace_members() -> str:
+    """The optional ``"tp"`` (W3C traceparent) and ``"tl"`` (a link) members to append to a
+    message, as JSON text (empty when tracing is off or there is no span to carry)."""
+    get = hooks.trace_context
+    if get is None:
+        return ""
+    try:
+        tp, tl = get()
+    except Exception:
+        log.exception("the tracing integration failed to give a trace context; message sent without one")
+        return ""
+    out = ""
+    if tp:
+        out += f',"tp":"{tp}"'
+    if tl:
+        out += f',"tl":"{tl}"'
+    return out
+
+
+# -- which queue a task uses (the worker's messages do not say) ----------------------------
+_queues: OrderedDict[str, str] = OrderedDict()
+_queues_lock = threading.Lock()
+
+
+def queue_of(backend: Backend, task_id: str) -> str:
+    """The task's queue: one store read per task per process, then a bounded cache."""
+    with _queues_lock:
+        q = _queues.get(task_id)
+        if q is not None:
+            _queues.move_to_end(task_id)
+            return q
+    try:
+        p = backend.store.progress(task_id)
+    except Exception:
+        p = None
+    q = p.options.queue if p is not None else "unknown"
+    with _queues_lock:
+        _queues[task_id] = q
+        while len(_queues) > 4096:
+            _queues.popitem(last=False)
+    return q
+
+
+def note_queue(task_id: str, queue: str) -> None:
+    with _queues_lock:
+        _queues[task_id] = queue
+        while len(_queues) > 4096:
+            _queues.popitem(last=False)
+
+
+# -- the runner --------------------------------------------------------------------------
+class Watch:
+    """One started attempt between its start and its recorded outcome."""
+
+    __slots__ = ("args", "begin", "kind", "wall")
+
+    def __init__(self, backend: Backend, task_id: str, ref: str, start: Start, message: str) -> None:
+        fn = "?"
+        try:
+            d = json.loads(start.spec)
+            if isinstance(d, dict) and isinstance(d.get("fn"), str):
+                fn = d["fn"]
+        except ValueError:
+            pass
+        self.kind = hooks.KINDS.get(ref[:1], "job")
+        self.args: dict[str, Any] = dict(
+            backend=backend, task_id=task_id, ref=ref, attempt=start.attempt, fn=fn, kind=self.kind,
+            queue=queue_of(backend, task_id), message=message,
+        )
+        self.wall = time.time()
+        self.begin = time.perf_counter()
+        (hooks.job_started if self.kind == "job" else hooks.finalizer_started).send(**self.args)
+
+    def end(self, error: Failure | None, followups: Dispatch) -> None:
+        duration = time.perf_counter() - self.begin
+        sig = hooks.job_finished if self.kind == "job" else hooks.finalizer_finished
+        sig.send(**self.args, outcome="failed" if error is not None else "succeeded", duration=duration,
+                 error=error, followups=followups)
+        if hooks.task_state_changed:
+            _state_after_finish(self.args["backend"], self.args["task_id"], followups, self.wall)
+
+
+def begin(backend: Backend, task_id: str, ref: str, start: Start, message: str) -> Watch | None:
+    if not watching() and not hooks.task_state_changed:
+        return None
+    return Watch(backend, task_id, ref, start, message)
+
+
+def _changed(backend: Backend, task_id: str, state: TaskState) -> None:
+    hooks.task_state_changed.send(backend=backend, task_id=task_id, state=state)
+
+
+def _state_after_finish(backend: Backend, task_id: str, d: Dispatch, since: float) -> None:
+    refs = d.refs
+    if refs and refs[0][:1] == FINALIZER and refs[0] == "f0":
+        _changed(backend, task_id, TaskState.FINALIZING)
+        return
+    if refs and refs[0][:1] == CALLBACK:
+        _changed(backend, task_id, TaskState.FAILED)
+        return
+    if refs:
+        return
+    p = backend.store.progress(task_id)
+    if p is not None and p.state in (TaskState.SUCCEEDED, TaskState.FAILED) and p.finished_at is not None \
+            and p.finished_at >= since:
+        _changed(backend, task_id, p.state)
+
+
+def skipped(backend: Backend, task_id: str, ref: str, detail: str) -> None:
+    if hooks.delivery_skipped:
+        hooks.delivery_skipped.send(backend=backend, task_id=task_id, ref=ref, reason=hooks.skip_reason(detail),
+                                    detail=detail)
+
+
+def rejected(backend: Backend, raw: str, reason: str) -> None:
+    if hooks.message_rejected:
+        hooks.message_rejected.send(backend=backend, raw=raw, reason=reason)
+
+
+def inline_message(task_id: str, ref: str) -> str:
+    """The message of a follow-up the runner runs in this thread (it carries the trace context
+    taken when the follow-up was decided)."""
+    from .model import encode_message
+
+    msg = encode_message(task_id, ref)
+    extra = trace_members()
+    return msg[:-1] + extra + "}" if extra else msg
+
+
+# -- the backend -------------------------------------------------------------------------
+def created(backend: Backend, task_id: str, queue: str, options: Any) -> None:
+    note_queue(task_id, queue)
+    if hooks.task_created:
+        hooks.task_created.send(backend=backend, task_id=task_id, queue=queue, options=options)
+    if hooks.task_state_changed:
+        _changed(backend, task_id, TaskState.OPEN)
+
+
+def adding(backend: Backend, task_id: str, queue: str, kind: str, refs: list[str]) -> None:
+    if hooks.jobs_added:
+        hooks.jobs_added.send(backend=backend, task_id=task_id, queue=queue, kind=hooks.KINDS.get(kind, kind),
+                              refs=refs)
+
+
+def sent(backend: Backend, task_id: str, queue: str, refs: list[str]) -> None:
+    if hooks.jobs_sent:
+        hooks.jobs_sent.send(backend=backend, task_id=task_id, queue=queue, refs=refs)
+
+
+def sealed(backend: Backend, task_id: str, d: Dispatch) -> None:
+    if hooks.task_sealed:
+        hooks.task_sealed.send(backend=backend, task_id=task_id)
+    if not hooks.task_state_changed:
+        return
+    if d.refs:
+        _changed(backend, task_id, TaskState.FAILED if d.refs[0][:1] == CALLBACK else TaskState.FINALIZING)
+        return
+    p = backend.store.progress(task_id)
+    if p is not None:
+        _changed(backend, task_id, p.state)
+
+
+def cancelled(backend: Backend, task_id: str, done: bool) -> None:
+    if done and hooks.task_state_changed:
+        _changed(backend, task_id, TaskState.CANCELLED)
+
+
+def retried(backend: Backend, task_id: str) -> None:
+    if hooks.task_state_changed:
+        p = backend.store.progress(task_id)
+        if p is not None:
+            _changed(backend, task_id, p.state)
+
+
+def recovered(backend: Backend, d: Dispatch) -> None:
+    if hooks.recovery_resent:
+        hooks.recovery_resent.send(backend=backend, task_id=d.task_id, queue=d.queue, refs=list(d.refs),
+                                   reason=hooks.KINDS.get(d.refs[0][:1], "job") if d.refs else "job")
+
+
+def log_extra(task_id: str, ref: str | None = None, attempt: int | None = None) -> dict[str, Any]:
+    """The structured fields of a runner log line (``extra=``), for JSON log formatters."""
+    return {"task_id": task_id, "ref": ref, "attempt": attempt}
