@@ -25,6 +25,8 @@ from rich.text import Text
 
 from . import __version__
 from .backend import Backend, Task
+from .cli_metrics import metrics as metrics_command
+from .cli_metrics import metrics_port_option, start_worker_metrics
 from .config import backend_name, connect
 from .errors import InvalidTransition, MultistepError, TaskNotFound, WaitTimeout
 from .model import Failure, Rejected, TaskState
@@ -257,14 +259,17 @@ def _import_modules(modules: Sequence[str]) -> None:
               help="Queue to serve (repeat for several).")
 @click.option("-c", "--concurrency", default=None, type=click.IntRange(1, 10_000),
               help="Jobs run at once  [default: number of CPUs]")
+@metrics_port_option
 @click.pass_context
-def worker(ctx: click.Context, modules: tuple[str, ...], queues: tuple[str, ...], concurrency: int | None) -> None:
+def worker(ctx: click.Context, modules: tuple[str, ...], queues: tuple[str, ...], concurrency: int | None,
+           metrics_port: int | None = None) -> None:
     """Serve jobs: import MODULES (registering their @job functions), then run until stopped.
 
     Only the functions registered by these modules can run. The embedded backends
     (memory, sqlite, eager) run jobs inside the process that creates them and have no
     separate worker.
     """
+    start_worker_metrics(metrics_port)
     _import_modules(modules)
     backend = _obj(ctx).connect(ctx, read_only=False)
     try:
@@ -529,6 +534,9 @@ def rejected(ctx: click.Context, limit: int, as_json: bool) -> None:
         _out().print("no rejected messages")
     if not items and _is_memory(backend):
         _hint(MEMORY_HINT)
+
+
+cli.add_command(metrics_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from . import hooks
+from .errors import BackendDriverMissing
 from .model import CALLBACK, FINALIZER, Dispatch, Failure, Start, TaskState
 
 if TYPE_CHECKING:
@@ -48,8 +49,13 @@ def autoload() -> None:
             log.warning("MULTISTEP_OTEL=%r is not auto, on or off; using auto", mode)
             mode = "auto"
         if mode in ("on", "1", "true"):
-            from . import otel
-
+            try:
+                from . import otel
+            except ImportError as exc:
+                raise BackendDriverMissing(
+                    f"MULTISTEP_OTEL=on needs opentelemetry-api ({exc}): pip install 'multistep[otel]', "
+                    "or set MULTISTEP_OTEL=auto"
+                ) from None
             otel.instrument()
         elif mode in ("auto", ""):
             import importlib.util
@@ -62,9 +68,33 @@ def autoload() -> None:
                 except ImportError as exc:  # a broken or partial install: say so once
                     log.warning("OpenTelemetry tracing is off: %s", exc)
         if os.environ.get("MULTISTEP_PROMETHEUS", "").strip().lower() in ("1", "on", "true"):
-            from . import prometheus
-
+            try:
+                from . import prometheus
+            except ImportError as exc:
+                raise BackendDriverMissing(
+                    f"MULTISTEP_PROMETHEUS=1 needs prometheus-client ({exc}): pip install 'multistep[prometheus]'"
+                ) from None
             prometheus.instrument()
+
+
+def prepare_worker_metrics() -> str:
+    """Before a worker starts its processes: set ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary
+    directory unless set) and ``MULTISTEP_PROMETHEUS=1`` in this process's environment, which
+    the worker processes inherit. Returns the directory."""
+    import glob
+    import sys
+    import tempfile
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="multistep-metrics-")
+    os.makedirs(path, exist_ok=True)
+    for f in glob.glob(os.path.join(path, "*.db")):  # counters of an earlier run would add up
+        os.remove(f)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    os.environ["MULTISTEP_PROMETHEUS"] = "1"
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:  # imported already: metrics made from now on must use the directory
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
+    return path
 
 
 def watching() -> bool:
