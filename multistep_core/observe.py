@@ -3,10 +3,11 @@ the backend call the functions here, so the logic stays out of the dispatch code
 
 Every function is cheap when no receiver is connected: call sites test
 ``observe.watching()`` (or a signal) first. :func:`autoload` turns the built-in
-integrations on from the environment once per process (see docs/observability.md):
+integrations on from the environment (see docs/observability.md):
 
-``MULTISTEP_OTEL``        ``auto`` (default: on when ``opentelemetry-api`` is importable),
-                          ``on`` (an error if it is not) or ``off``.
+``MULTISTEP_OTEL``        ``auto`` (default: on once an OpenTelemetry SDK tracer provider is set
+                          when a Backend is created), ``on`` (always, even with the API alone;
+                          an error if ``opentelemetry-api`` is missing) or ``off``.
 ``MULTISTEP_PROMETHEUS``  ``1``: record the worker metrics (``multistep worker --metrics-port``
                           sets it, with ``PROMETHEUS_MULTIPROC_DIR``, for its worker processes).
 """
@@ -31,42 +32,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("multistep.hooks")
 
 _loaded = False
+_otel_state = ""  # "" unknown, "absent", "done"
 _load_lock = threading.Lock()
 
 
 def autoload() -> None:
-    """Connect the integrations the environment asks for; once per process, never raises
-    for a missing optional library in ``auto`` mode."""
-    global _loaded
-    if _loaded:
+    """Connect the integrations the environment asks for (called by every new Backend); never
+    raises for a missing optional library in ``auto`` mode.
+
+    Tracing in ``auto`` mode is connected by the first Backend created, or the first job
+    started, while an SDK tracer provider is set (before that, and with the API alone, nothing
+    is connected and tracing costs one ``isinstance`` per job);
+    :func:`multistep_core.otel.instrument` connects it at any time."""
+    global _loaded, _otel_state
+    if _loaded and _otel_state:
         return
     with _load_lock:
+        mode = os.environ.get("MULTISTEP_OTEL", "auto").strip().lower()
+        if mode not in ("auto", "on", "off", "1", "0", "true", "false", ""):
+            if not _loaded:
+                log.warning("MULTISTEP_OTEL=%r is not auto, on or off; using auto", mode)
+            mode = "auto"
+        if not _otel_state:
+            _otel_state = _load_otel(mode)
         if _loaded:
             return
         _loaded = True
-        mode = os.environ.get("MULTISTEP_OTEL", "auto").strip().lower()
-        if mode not in ("auto", "on", "off", "1", "0", "true", "false", ""):
-            log.warning("MULTISTEP_OTEL=%r is not auto, on or off; using auto", mode)
-            mode = "auto"
-        if mode in ("on", "1", "true"):
-            try:
-                from . import otel
-            except ImportError as exc:
-                raise BackendDriverMissing(
-                    f"MULTISTEP_OTEL=on needs opentelemetry-api ({exc}): pip install 'multistep[otel]', "
-                    "or set MULTISTEP_OTEL=auto"
-                ) from None
-            otel.instrument()
-        elif mode in ("auto", ""):
-            import importlib.util
-
-            if importlib.util.find_spec("opentelemetry") is not None:
-                try:
-                    from . import otel
-
-                    otel.instrument()
-                except ImportError as exc:  # a broken or partial install: say so once
-                    log.warning("OpenTelemetry tracing is off: %s", exc)
         if os.environ.get("MULTISTEP_PROMETHEUS", "").strip().lower() in ("1", "on", "true"):
             try:
                 from . import prometheus
@@ -75,6 +66,56 @@ def autoload() -> None:
                     f"MULTISTEP_PROMETHEUS=1 needs prometheus-client ({exc}): pip install 'multistep[prometheus]'"
                 ) from None
             prometheus.instrument()
+
+
+def _load_otel(mode: str) -> str:
+    if mode in ("off", "0", "false"):
+        return "absent"
+    if mode in ("on", "1", "true"):
+        try:
+            from . import otel
+        except ImportError as exc:
+            raise BackendDriverMissing(
+                f"MULTISTEP_OTEL=on needs opentelemetry-api ({exc}): pip install 'multistep[otel]', "
+                "or set MULTISTEP_OTEL=auto"
+            ) from None
+        otel.instrument()
+        return "done"
+    import importlib.util
+
+    if importlib.util.find_spec("opentelemetry") is None:
+        return "absent"
+    try:
+        from opentelemetry import trace
+    except ImportError as exc:  # a broken or partial install: say so once
+        log.warning("OpenTelemetry tracing is off: %s", exc)
+        return "absent"
+    if isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        global _trace_mod
+        _trace_mod = trace
+        return ""  # no SDK yet: look again at the next Backend and the next job
+    from . import otel
+
+    otel.instrument()
+    return "done"
+
+
+_trace_mod: Any = None
+
+
+def _recheck_otel() -> None:
+    """``auto`` mode with the API alone so far: connect tracing once an SDK provider is set (a
+    worker process may build its backend before importing the module that sets it)."""
+    global _otel_state
+    tr = _trace_mod
+    if tr is None or isinstance(tr.get_tracer_provider(), (tr.ProxyTracerProvider, tr.NoOpTracerProvider)):
+        return
+    with _load_lock:
+        if not _otel_state:
+            from . import otel
+
+            otel.instrument()
+            _otel_state = "done"
 
 
 def prepare_worker_metrics() -> str:
@@ -185,6 +226,8 @@ class Watch:
 
 
 def begin(backend: Backend, task_id: str, ref: str, start: Start, message: str) -> Watch | None:
+    if not _otel_state:
+        _recheck_otel()
     if not watching() and not hooks.task_state_changed:
         return None
     return Watch(backend, task_id, ref, start, message)

@@ -1,13 +1,20 @@
 """OpenTelemetry tracing of multistep tasks (``pip install "multistep[otel]"``).
 
-Built on :mod:`multistep_core.hooks` and ``opentelemetry-api`` only: spans are recorded when
-the application configures an SDK tracer provider (``opentelemetry-sdk``, or an
-auto-instrumentation agent); with none, the API's no-op tracer makes them cost a few
-microseconds and messages carry nothing extra.
+Built on :mod:`multistep_core.hooks` and ``opentelemetry-api`` only; spans are recorded by the
+SDK tracer provider the application configures (``opentelemetry-sdk``, or an
+auto-instrumentation agent).
 
-It is on by default whenever ``opentelemetry-api`` is importable (``MULTISTEP_OTEL=auto``);
-``MULTISTEP_OTEL=off`` turns it off, ``on`` makes a missing library an error. It can also be
-turned on and off in code with :func:`instrument` and :func:`uninstrument`.
+When it is on (``MULTISTEP_OTEL``):
+
+* ``auto`` (default): the first :class:`~multistep_core.backend.Backend` created, or the first
+  job started, in a process while an SDK tracer provider is set connects it (set the provider
+  at startup, e.g. in the job module the worker imports). With the API alone nothing is
+  connected: tracing costs one ``isinstance`` check per job.
+* ``on``: connected at the first Backend even without an SDK (the API's no-op spans then cost
+  a few microseconds per job); an error if ``opentelemetry-api`` is missing.
+* ``off``: never connected by the environment.
+
+:func:`instrument` and :func:`uninstrument` connect and disconnect it in code at any time.
 
 Spans (one task is one trace, across processes and queues):
 
