@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from .errors import BackendDriverMissing
+from .errors import BackendDriverMissing, ConfigurationError
 
 
 def _require_prometheus() -> None:
@@ -44,7 +44,10 @@ def start_worker_metrics(port: int | None) -> None:
     prepare_worker_metrics()
     from .prometheus import serve_worker_metrics
 
-    serve_worker_metrics(port)
+    try:
+        serve_worker_metrics(port)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on port {port}: {exc} (choose another --metrics-port)") from None
 
 
 @click.command(name="metrics")
@@ -61,7 +64,10 @@ def metrics(ctx: click.Context, port: int, addr: str, interval: float) -> None:
     from .prometheus import serve_store_metrics
 
     backend = _obj(ctx).connect(ctx)
-    collector = serve_store_metrics(backend, port, addr, interval)
+    try:
+        collector = serve_store_metrics(backend, port, addr, interval)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {addr}:{port}: {exc} (choose another --port)") from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -453,3 +453,15 @@ def test_store_exporter_serves_tasks_by_state_and_pending_jobs_by_queue(tmp_path
     finally:
         _stop(proc)
         backend.close()
+
+
+def test_a_taken_metrics_port_is_a_clear_error(tmp_path: Path) -> None:
+    _need("prometheus_client")
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "multistep_core", "--backend", "memory", "metrics", "--port", str(port)],
+                             capture_output=True, text=True, timeout=60, cwd=HERE)
+    assert out.returncode == 2, out
+    assert f"cannot serve metrics on 0.0.0.0:{port}" in out.stderr and "choose another --port" in out.stderr
