@@ -22,6 +22,21 @@ def work(x: int) -> int:
     return x * 2
 
 
+@job(name="obs.pair")
+def pair(path: str) -> None:
+    """A barrier for two jobs: record this process, then wait until both are running (so they
+    run at the same time, on two worker processes when each process runs one job at a time)."""
+    import time
+
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    deadline = time.monotonic() + 60
+    while len(open(path).read().split()) < 2:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other job of the pair never started")
+        time.sleep(0.01)
+
+
 @job(name="obs.fin")
 def fin(label: str) -> None:
     path = os.environ.get("OBS_FIN_FILE")
