@@ -12,11 +12,12 @@ first ``add_jobs`` until the task succeeded, in each observability mode:
 ``--backend rq`` (default) runs ``multistep worker -c 2`` on RQ against ``--redis`` (keys under
 a fresh prefix, nothing flushed); ``--backend eager`` runs each job inside the producer (no
 queue: the per-job CPU cost of the hooks alone). Each mode runs in a fresh process, so its
-environment decides what is imported; the table gives the median and the best of ``--repeat``
-runs and their ratios to ``off`` (on a busy machine the best is the steadier figure).
+environment decides what is imported; ``--rounds`` goes through the modes that many times,
+interleaved. The table gives the median and the best of all runs of a mode and their ratios to
+``off`` (on a busy machine the best is the steadier figure).
 
-    python -m benchmarks.observability --jobs 2000 --repeat 3
-    python -m benchmarks.observability --backend eager --jobs 20000
+    python -m benchmarks.observability --jobs 2000 --repeat 2 --rounds 3
+    python -m benchmarks.observability --backend eager --jobs 20000 --rounds 5
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", choices=["rq", "eager"], default="rq")
     ap.add_argument("--jobs", "-n", type=int, default=2000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per mode in each round")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds through every mode (interleaved)")
     ap.add_argument("--redis", default=os.environ.get("MULTISTEP_TEST_REDIS", "127.0.0.1:6379"),
                     help="host:port of the Redis for --backend rq (DB 0, a fresh key prefix)")
     ap.add_argument("--modes", default=",".join(MODES))
@@ -98,19 +100,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(run_mode(args.child, args.backend, args.jobs, args.repeat, args.redis)))
         return
-    rows: list[dict[str, Any]] = []
-    for mode in args.modes.split(","):
-        env = dict(os.environ, **MODES[mode])
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.observability", "--child", mode, "--backend", args.backend,
-             "--jobs", str(args.jobs), "--repeat", str(args.repeat), "--redis", args.redis],
-            env=env, capture_output=True, text=True, check=False,
-        )
-        if out.returncode != 0:
-            raise SystemExit(f"mode {mode} failed:\n{out.stderr}")
-        times = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({"mode": mode, "backend": args.backend, "jobs": args.jobs, "seconds": statistics.median(times),
-                     "best": min(times), "runs": times})
+    modes = args.modes.split(",")
+    runs: dict[str, list[float]] = {m: [] for m in modes}
+    for _round in range(args.rounds):  # modes interleaved, so a burst of load hits them alike
+        for mode in modes:
+            env = dict(os.environ, **MODES[mode])
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.observability", "--child", mode, "--backend", args.backend,
+                 "--jobs", str(args.jobs), "--repeat", str(args.repeat), "--redis", args.redis],
+                env=env, capture_output=True, text=True, check=False,
+            )
+            if out.returncode != 0:
+                raise SystemExit(f"mode {mode} failed:\n{out.stderr}")
+            runs[mode] += json.loads(out.stdout.strip().splitlines()[-1])
+    rows: list[dict[str, Any]] = [
+        {"mode": m, "backend": args.backend, "jobs": args.jobs, "seconds": statistics.median(t), "best": min(t),
+         "runs": t} for m, t in runs.items()
+    ]
     base = rows[0] if rows and rows[0]["mode"] == "off" else None
     for r in rows:
         r["jobs_per_s"] = round(r["jobs"] / r["seconds"])

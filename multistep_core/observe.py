@@ -194,19 +194,28 @@ def note_queue(task_id: str, queue: str) -> None:
 
 
 # -- the runner --------------------------------------------------------------------------
+def _fn_of(spec: str) -> str:
+    """The function name of a stored spec (``{"fn":"name",...}`` as the core writes it, read
+    without decoding the arguments; anything else through json)."""
+    if spec.startswith('{"fn":"'):
+        end = spec.find('"', 7)
+        name = spec[7:end]
+        if end > 7 and "\\" not in name:
+            return name
+    try:
+        d = json.loads(spec)
+    except ValueError:
+        return "?"
+    return d["fn"] if isinstance(d, dict) and isinstance(d.get("fn"), str) else "?"
+
+
 class Watch:
     """One started attempt between its start and its recorded outcome."""
 
     __slots__ = ("args", "begin", "kind", "wall")
 
     def __init__(self, backend: Backend, task_id: str, ref: str, start: Start, message: str) -> None:
-        fn = "?"
-        try:
-            d = json.loads(start.spec)
-            if isinstance(d, dict) and isinstance(d.get("fn"), str):
-                fn = d["fn"]
-        except ValueError:
-            pass
+        fn = _fn_of(start.spec)
         self.kind = hooks.KINDS.get(ref[:1], "job")
         self.args: dict[str, Any] = dict(
             backend=backend, task_id=task_id, ref=ref, attempt=start.attempt, fn=fn, kind=self.kind,

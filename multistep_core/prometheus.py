@@ -93,22 +93,39 @@ def _m() -> dict[str, Any]:
     return _metrics
 
 
-def _on_started(*, queue: str, task_id: str, ref: str, **_: Any) -> None:
-    m = _m()
-    m["running"].labels(queue).inc()
+_children: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+
+
+def _per_fn(queue: str, fn: str) -> tuple[Any, Any, Any, Any]:
+    """The labelled children of one (queue, function): running gauge, succeeded and failed
+    counters, duration histogram (looked up once, not per job)."""
+    c = _children.get((queue, fn))
+    if c is None:
+        m = _m()
+        c = _children[(queue, fn)] = (
+            m["running"].labels(queue), m["jobs"].labels(queue, fn, "succeeded"), m["jobs"].labels(queue, fn, "failed"),
+            m["duration"].labels(queue, fn),
+        )
+        if len(_children) > 10_000:  # label sets are bounded by the registry anyway
+            _children.clear()
+    return c
+
+
+def _on_started(*, queue: str, fn: str, task_id: str, ref: str, **_: Any) -> None:
+    _per_fn(queue, fn)[0].inc()
     if ref == "f0":
         with _lock:
             t = _fanin.pop(task_id, None)
         if t is not None:
-            m["fanin"].labels(queue).observe(max(time.time() - t, 0.0))
+            _m()["fanin"].labels(queue).observe(max(time.time() - t, 0.0))
 
 
 def _on_finished(*, queue: str, fn: str, task_id: str, outcome: str, duration: float, followups: Dispatch,
                  **_: Any) -> None:
-    m = _m()
-    m["running"].labels(queue).dec()
-    m["jobs"].labels(queue, fn, outcome).inc()
-    m["duration"].labels(queue, fn).observe(duration)
+    running, ok, failed, hist = _per_fn(queue, fn)
+    running.dec()
+    (ok if outcome == "succeeded" else failed).inc()
+    hist.observe(duration)
     if followups and followups.refs and followups.refs[0] == "f0":
         with _lock:
             _fanin[task_id] = time.time()
