@@ -478,3 +478,34 @@ def test_a_taken_metrics_port_is_a_clear_error(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60, cwd=HERE)
     assert out.returncode == 2, out
     assert f"cannot serve metrics on 0.0.0.0:{port}" in out.stderr and "choose another --port" in out.stderr
+
+
+def test_recovery_resending_a_lost_workers_job_is_reported() -> None:
+    import obs_jobs
+
+    from multistep_core.model import TaskOptions
+    from multistep_core.registry import make_spec
+
+    resent: list[dict[str, Any]] = []
+
+    def rec(**kw: Any) -> None:
+        resent.append(kw)
+
+    backend = connect("memory://?lease=0.5")
+    backend.stop_recovery()  # this test runs the one recovery pass itself
+    hooks.recovery_resent.connect(rec)
+    try:
+        # Given a job whose worker took its lease and died (started in the store, never finished)
+        store = backend.store
+        store.create_task("lost-1", TaskOptions(queue="q9"), time.time())
+        store.add_jobs("lost-1", "j", [make_spec(obs_jobs.work, (4,), {}).to_json()], time.time())
+        store.seal("lost-1", time.time())
+        assert store.start("lost-1", "j0", time.time()).run
+        # When recovery runs after the lease expired
+        assert backend.recover(now=time.time() + 5) == 1
+        # Then the resend is reported, and the job runs again and the task ends
+        assert backend.get_task("lost-1").wait(timeout=30).state == "succeeded"
+    finally:
+        hooks.recovery_resent.disconnect(rec)
+        backend.close()
+    assert [(kw["task_id"], kw["refs"], kw["reason"], kw["queue"]) for kw in resent] == [("lost-1", ["j0"], "job", "q9")]
