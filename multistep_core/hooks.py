@@ -32,12 +32,14 @@ Events and their arguments (every event also gets ``backend``, the
 ``task_state_changed``   ``task_id``, ``state`` (a :class:`~multistep_core.model.TaskState`): the task
                          entered ``state``, reported once, by the process whose call made the change
                          (see "State changes" below).
-``job_started``          ``task_id``, ``ref``, ``attempt``, ``fn``, ``kind`` (``"job"``), ``message``
-                         (the raw message text) — the store started the attempt; the call follows.
+``job_started``          ``task_id``, ``ref``, ``attempt``, ``fn``, ``kind`` (``"job"``), ``queue``,
+                         ``message`` (the raw message text) — the store started the attempt; the
+                         call follows, in this thread.
 ``job_finished``         the same plus ``outcome`` (``"succeeded"``/``"failed"``), ``duration``
-                         (seconds the function ran), ``error`` (a :class:`~multistep_core.model.Failure`
-                         or None), ``exception`` (the exception raised, or None) and ``followups``
-                         (the :class:`~multistep_core.model.Dispatch` the store decided).
+                         (seconds from the start to the recorded outcome: the call and the finish
+                         transition), ``error`` (a :class:`~multistep_core.model.Failure` with the
+                         exception's type, message and traceback, or None) and ``followups`` (the
+                         :class:`~multistep_core.model.Dispatch` the store decided, already sent).
 ``finalizer_started``    as ``job_started``, ``kind`` is ``"finalizer"`` or ``"callback"``.
 ``finalizer_finished``   as ``job_finished``, for finalizers and failure callbacks.
 ``delivery_skipped``     ``task_id``, ``ref``, ``reason`` (``duplicate``, ``out-of-turn``, ``cancelled``,
@@ -55,7 +57,8 @@ send, not the new state. The core reports ``task_state_changed`` where the calle
 when a job's finish starts the first finalizer, ``failed`` when a finish starts the failure
 callback, ``cancelled`` after a cancel, and after a retry. Where a finish sent nothing, the
 runner reads the task once (only while a receiver is connected) and reports ``succeeded``
-or ``failed`` if this very finish ended it (the task's ``finished_at`` is the finish's time).
+or ``failed`` if the task ended after the attempt started (two workers finishing a task's
+last jobs at nearly the same time may then both report it).
 A change made by recovery (a lost worker's job failing for good) is not reported.
 """
 

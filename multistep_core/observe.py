@@ -231,7 +231,7 @@ class Watch:
         sig.send(**self.args, outcome="failed" if error is not None else "succeeded", duration=duration,
                  error=error, followups=followups)
         if hooks.task_state_changed:
-            _state_after_finish(self.args["backend"], self.args["task_id"], followups, self.wall)
+            _state_after_finish(self.args["backend"], self.args["task_id"], followups, self.wall, self.kind)
 
 
 def begin(backend: Backend, task_id: str, ref: str, start: Start, message: str) -> Watch | None:
@@ -246,9 +246,9 @@ def _changed(backend: Backend, task_id: str, state: TaskState) -> None:
     hooks.task_state_changed.send(backend=backend, task_id=task_id, state=state)
 
 
-def _state_after_finish(backend: Backend, task_id: str, d: Dispatch, since: float) -> None:
+def _state_after_finish(backend: Backend, task_id: str, d: Dispatch, since: float, kind: str) -> None:
     refs = d.refs
-    if refs and refs[0][:1] == FINALIZER and refs[0] == "f0":
+    if refs and refs[0][:1] == FINALIZER and kind == "job":
         _changed(backend, task_id, TaskState.FINALIZING)
         return
     if refs and refs[0][:1] == CALLBACK:
