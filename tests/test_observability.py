@@ -509,3 +509,27 @@ def test_recovery_resending_a_lost_workers_job_is_reported() -> None:
         hooks.recovery_resent.disconnect(rec)
         backend.close()
     assert [(kw["task_id"], kw["refs"], kw["reason"], kw["queue"]) for kw in resent] == [("lost-1", ["j0"], "job", "q9")]
+
+
+def test_the_failure_callback_has_its_span_linked_to_the_job_that_failed_the_task(spans: Any) -> None:
+    import obs_jobs
+
+    backend = connect("memory://?threads=1")
+    try:
+        with backend.create_task() as task:
+            task.set_failure_callback(obs_jobs.fin, "cb")
+            task.add_jobs(obs_jobs.work, [1, -2])
+        assert task.wait(timeout=30).state == "failed"
+        deadline = time.monotonic() + 10
+        while not [s for s in _dicts(spans) if s["name"] == "callback obs.fin"]:
+            assert time.monotonic() < deadline, _dicts(spans)
+            time.sleep(0.01)
+    finally:
+        backend.close()
+    rows = _dicts(spans)
+    (cb,) = [s for s in rows if s["name"] == "callback obs.fin"]
+    (failed,) = [s for s in rows if s["attributes"].get("multistep.ref") == "j1"]
+    (send,) = [s for s in rows if s["name"].startswith("send")]
+    assert failed["status"] == "ERROR" and cb["status"] == "UNSET"
+    assert cb["parent"] == send["span"] and cb["links"][0] == failed["span"]
+    assert cb["attributes"]["multistep.kind"] == "callback" and cb["attributes"]["multistep.ref"] == "x0"
