@@ -35,7 +35,8 @@ Events and their arguments (every event also gets ``backend``, the
 ``job_started``          ``task_id``, ``ref``, ``attempt``, ``fn``, ``kind`` (``"job"``), ``queue``,
                          ``message`` (the raw message text) — the store started the attempt; the
                          call follows, in this thread.
-``job_finished``         the same plus ``outcome`` (``"succeeded"``/``"failed"``), ``duration``
+``job_finished``         the same plus ``outcome`` (``"succeeded"``/``"failed"``, or ``"interrupted"``
+                         when the store or the queue raised before the outcome was recorded), ``duration``
                          (seconds from the start to the recorded outcome: the call and the finish
                          transition), ``error`` (a :class:`~multistep_core.model.Failure` with the
                          exception's type, message and traceback, or None) and ``followups`` (the

@@ -234,6 +234,20 @@ class Watch:
             _state_after_finish(self.args["backend"], self.args["task_id"], followups, self.wall, self.kind)
 
 
+    def abort(self, exc: BaseException) -> None:
+        """The outcome could not be recorded (the store or the queue raised): end the watch with
+        outcome ``"interrupted"``; the lease expires and recovery sends the job again."""
+        import traceback
+
+        args = self.args
+        err = Failure(ref=args["ref"], fn=args["fn"], type=type(exc).__qualname__, message=str(exc)[:2000],
+                      traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
+                      attempt=args["attempt"], at=time.time())
+        sig = hooks.job_finished if self.kind == "job" else hooks.finalizer_finished
+        sig.send(**args, outcome="interrupted", duration=time.perf_counter() - self.begin, error=err,
+                 followups=Dispatch())
+
+
 def begin(backend: Backend, task_id: str, ref: str, start: Start, message: str) -> Watch | None:
     if not _otel_state:
         _recheck_otel()

@@ -7,7 +7,8 @@ jobs, served by ``multistep worker --metrics-port N`` on ``http://<host>:N/metri
 name                                 type      labels                       what
 ==================================== ========= ============================ =====================================
 ``multistep_jobs_total``             counter   queue, function, outcome     attempts ended (jobs, finalizers and
-                                                                            callbacks; outcome succeeded/failed)
+                                                                            callbacks; outcome succeeded, failed
+                                                                            or interrupted)
 ``multistep_job_duration_seconds``   histogram queue, function              seconds from an attempt's start to its
                                                                             recorded outcome
 ``multistep_fanin_latency_seconds``  histogram queue                        seconds from the finish of a task's last
@@ -124,7 +125,12 @@ def _on_finished(*, queue: str, fn: str, task_id: str, outcome: str, duration: f
                  **_: Any) -> None:
     running, ok, failed, hist = _per_fn(queue, fn)
     running.dec()
-    (ok if outcome == "succeeded" else failed).inc()
+    if outcome == "succeeded":
+        ok.inc()
+    elif outcome == "failed":
+        failed.inc()
+    else:
+        _m()["jobs"].labels(queue, fn, outcome).inc()
     hist.observe(duration)
     if followups and followups.refs and followups.refs[0] == "f0":
         with _lock:

@@ -157,16 +157,21 @@ class Runner:
                     start = store.start(task_id, nxt, time.time())
                 continue
             w = observe.begin(self.backend, task_id, ref, start, text)
-            result_text, error = self._execute(task_id, ref, start)
-            now = time.time()
-            if nxt is None:
-                d = store.finish(task_id, ref, start.attempt, now, result=result_text, error=error)
-                self.dispatch(d)
-            else:
-                d, start = store.finish_then_start(
-                    task_id, ref, start.attempt, now, nxt, result=result_text, error=error
-                )
-                self.dispatch(d)
+            try:
+                result_text, error = self._execute(task_id, ref, start)
+                now = time.time()
+                if nxt is None:
+                    d = store.finish(task_id, ref, start.attempt, now, result=result_text, error=error)
+                    self.dispatch(d)
+                else:
+                    d, start = store.finish_then_start(
+                        task_id, ref, start.attempt, now, nxt, result=result_text, error=error
+                    )
+                    self.dispatch(d)
+            except BaseException as exc:
+                if w is not None:
+                    w.abort(exc)
+                raise
             if w is not None:
                 w.end(error, d)
             outcomes.append("failed" if error is not None else "succeeded")
@@ -178,9 +183,14 @@ class Runner:
         if not start.run:
             return self._not_started(task_id, ref, text, start)
         w = observe.begin(self.backend, task_id, ref, start, text)
-        result_text, error = self._execute(task_id, ref, start)
-        d = store.finish(task_id, ref, start.attempt, time.time(), result=result_text, error=error)
-        self.dispatch(d)
+        try:
+            result_text, error = self._execute(task_id, ref, start)
+            d = store.finish(task_id, ref, start.attempt, time.time(), result=result_text, error=error)
+            self.dispatch(d)
+        except BaseException as exc:  # the store or the queue failed: the watch still ends
+            if w is not None:
+                w.abort(exc)
+            raise
         if w is not None:
             w.end(error, d)
         return "failed" if error is not None else "succeeded"

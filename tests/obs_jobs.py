@@ -37,6 +37,11 @@ def pair(path: str) -> None:
         time.sleep(0.01)
 
 
+@job(name="obs.exit")
+def exit_now() -> None:
+    raise SystemExit(3)  # not an Exception: the runner lets it through, as a worker's shutdown would
+
+
 @job(name="obs.fin")
 def fin(label: str) -> None:
     path = os.environ.get("OBS_FIN_FILE")

@@ -533,3 +533,35 @@ def test_the_failure_callback_has_its_span_linked_to_the_job_that_failed_the_tas
     assert failed["status"] == "ERROR" and cb["status"] == "UNSET"
     assert cb["parent"] == send["span"] and cb["links"][0] == failed["span"]
     assert cb["attributes"]["multistep.kind"] == "callback" and cb["attributes"]["multistep.ref"] == "x0"
+
+
+def test_an_attempt_cut_short_by_a_base_exception_still_ends_its_span_and_hooks(spans: Any) -> None:
+    import obs_jobs
+    from opentelemetry import trace
+
+    from multistep_core.model import TaskOptions, encode_message
+    from multistep_core.registry import make_spec
+
+    finished: list[dict[str, Any]] = []
+
+    def rec(**kw: Any) -> None:
+        finished.append(kw)
+
+    backend = connect("memory://?threads=1")
+    backend.stop_recovery()
+    hooks.job_finished.connect(rec)
+    try:
+        store = backend.store
+        store.create_task("cut-1", TaskOptions(), time.time())
+        store.add_jobs("cut-1", "j", [make_spec(obs_jobs.exit_now, (), {}).to_json()], time.time())
+        # When the job raises SystemExit in this thread
+        with pytest.raises(SystemExit):
+            backend.runner.handle(encode_message("cut-1", "j0"))
+    finally:
+        hooks.job_finished.disconnect(rec)
+        backend.close()
+    # Then the hook saw it end, its span ended with ERROR, and no span is left current here
+    assert [(kw["ref"], kw["outcome"], kw["error"].type) for kw in finished] == [("j0", "interrupted", "SystemExit")]
+    (span,) = [s for s in _dicts(spans) if s["name"] == "job obs.exit"]
+    assert span["status"] == "ERROR" and span["attributes"]["multistep.outcome"] == "interrupted"
+    assert not trace.get_current_span().get_span_context().is_valid
