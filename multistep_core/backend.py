@@ -157,7 +157,7 @@ class Backend:
         """Enqueue the messages a transition asked for (up to ``per_message`` refs each)."""
         if not d.refs:
             return
-        msgs = encode_messages(d.task_id, d.refs, per_message, observe.trace_members())
+        msgs = encode_messages(d.task_id, d.refs, per_message, observe.trace_members(d.task_id))
         for i in range(0, len(msgs), ADD_CHUNK):
             self.queue.enqueue(d.queue, msgs[i : i + ADD_CHUNK])
 

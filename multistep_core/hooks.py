@@ -146,7 +146,7 @@ ALL: tuple[Signal, ...] = (
 
 #: ``traceparent()`` of the tracing integration, or None: the W3C context (and an optional link)
 #: that :meth:`Backend.dispatch` writes into each message. Set by :mod:`multistep_core.otel`.
-trace_context: Callable[[], tuple[str | None, str | None]] | None = None
+trace_context: Callable[[str], tuple[str | None, str | None]] | None = None
 
 KINDS = {"j": "job", "f": "finalizer", "x": "callback"}
 

@@ -143,14 +143,14 @@ def watching() -> bool:
 
 
 # -- where a message is encoded -----------------------------------------------------------
-def trace_members() -> str:
+def trace_members(task_id: str = "") -> str:
     """The optional ``"tp"`` (W3C traceparent) and ``"tl"`` (a link) members to append to a
     message, as JSON text (empty when tracing is off or there is no span to carry)."""
     get = hooks.trace_context
     if get is None:
         return ""
     try:
-        tp, tl = get()
+        tp, tl = get(task_id)
     except Exception:
         log.exception("the tracing integration failed to give a trace context; message sent without one")
         return ""
@@ -293,7 +293,7 @@ def inline_message(task_id: str, ref: str) -> str:
     from .model import encode_message
 
     msg = encode_message(task_id, ref)
-    extra = trace_members()
+    extra = trace_members(task_id)
     return msg[:-1] + extra + "}" if extra else msg
 
 

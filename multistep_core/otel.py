@@ -27,9 +27,10 @@ Spans (one task is one trace, across processes and queues):
   function call and the recorded outcome. A job's parent is the ``send`` span whose message
   delivered it: the message carries its W3C ``traceparent`` (``"tp"``, 55 characters).
 * A finalizer or callback is a child of the same ``send`` span as the job whose finish
-  started it, and links to that job (``"tl"`` in the message), plus up to
-  :data:`MAX_LINKS` - 1 other jobs of the task that ran in the same worker process; the next
-  finalizer links to the previous one. (Links stay bounded: a 100,000-job task does not make
+  started it (of the ``create`` span when the seal started it: every job had ended), and
+  links to that job (``"tl"`` in the message), plus up to :data:`MAX_LINKS` - 1 other jobs
+  of the task that ran in the same worker process; the next finalizer links to the previous
+  one. (Links stay bounded: a 100,000-job task does not make
   a 100,000-link span or a message that grows with the task.)
 
 Attributes follow the OpenTelemetry messaging conventions: ``messaging.system`` (``rq``,
@@ -101,8 +102,10 @@ def _field(message: str, name: str) -> str | None:
     return message[i:j] if j > i else None
 
 
-def _stack() -> list[tuple[Any, object, str | None]]:
-    st: list[tuple[Any, object, str | None]] | None = getattr(_local, "stack", None)
+def _stack() -> list[tuple[Any, object, str | None, int]]:
+    """This thread's consumer spans: (span, context token, parent traceparent, how many send
+    spans were open when it started)."""
+    st: list[tuple[Any, object, str | None, int]] | None = getattr(_local, "stack", None)
     if st is None:
         st = _local.stack = []
     return st
@@ -117,17 +120,24 @@ def _remember(table: OrderedDict[str, Any], key: str, value: Any) -> None:
 
 
 # -- what goes into messages ---------------------------------------------------------------
-def trace_context() -> tuple[str | None, str | None]:
-    """``(parent, link)`` traceparents for a message being encoded in this thread."""
-    sending = getattr(_local, "sending", None)
-    if sending:
-        return sending[-1], None
+def trace_context(task_id: str = "") -> tuple[str | None, str | None]:
+    """``(parent, link)`` traceparents for a message of ``task_id`` being encoded in this thread:
+    the open send span, else the running job's parent (linking the job), else the task's
+    create span if this process made it (a seal that starts the finalizers), else the current span."""
+    sending = getattr(_local, "sending", None) or ()
     st = _stack()
+    if sending and (not st or st[-1][3] < len(sending)):  # a send span opened inside the job, or no job
+        return sending[-1], None
     if st:
-        span, _token, parent = st[-1]
+        span, _token, parent, _depth = st[-1]
         sc = span.get_span_context()
         own = traceparent(sc) if sc.is_valid else None
         return (parent or own), own
+    if task_id:
+        with _lock:
+            root = _created.get(task_id)
+        if root is not None:
+            return traceparent(root), None
     sc = trace.get_current_span().get_span_context()
     return (traceparent(sc) if sc.is_valid else None), None
 
@@ -214,7 +224,7 @@ def _on_started(*, backend: Backend, task_id: str, ref: str, attempt: int, fn: s
         },
     )
     token = otel_context.attach(trace.set_span_in_context(span, ctx))
-    _stack().append((span, token, tp if parent is not None else None))
+    _stack().append((span, token, tp if parent is not None else None, len(getattr(_local, "sending", None) or ())))
 
 
 def _on_finished(*, task_id: str, kind: str, outcome: str, error: Failure | None, followups: Dispatch,
@@ -222,7 +232,7 @@ def _on_finished(*, task_id: str, kind: str, outcome: str, error: Failure | None
     st = _stack()
     if not st:
         return
-    span, token, _parent = st.pop()
+    span, token, _parent, _depth = st.pop()
     try:
         span.set_attribute("multistep.outcome", outcome)
         if followups and followups.refs:
