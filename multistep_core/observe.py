@@ -23,7 +23,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from . import hooks
-from .errors import BackendDriverMissing
+from .errors import BackendDriverMissing, ConfigurationError
 from .model import CALLBACK, FINALIZER, Dispatch, Failure, Start, TaskState
 
 if TYPE_CHECKING:
@@ -50,15 +50,22 @@ def autoload() -> None:
     with _load_lock:
         mode = os.environ.get("MULTISTEP_OTEL", "auto").strip().lower()
         if mode not in ("auto", "on", "off", "1", "0", "true", "false", ""):
-            if not _loaded:
-                log.warning("MULTISTEP_OTEL=%r is not auto, on or off; using auto", mode)
-            mode = "auto"
+            raise ConfigurationError(
+                f"MULTISTEP_OTEL={os.environ['MULTISTEP_OTEL']!r} is not one of auto, on, off "
+                "(unset it for auto: tracing once an OpenTelemetry SDK is configured)"
+            )
+        prom = os.environ.get("MULTISTEP_PROMETHEUS", "").strip().lower()
+        if prom not in ("1", "on", "true", "0", "off", "false", ""):
+            raise ConfigurationError(
+                f"MULTISTEP_PROMETHEUS={os.environ['MULTISTEP_PROMETHEUS']!r} is not one of 1, on, true, 0, off, "
+                "false (1 records the worker metrics in this process)"
+            )
         if not _otel_state:
             _otel_state = _load_otel(mode)
         if _loaded:
             return
         _loaded = True
-        if os.environ.get("MULTISTEP_PROMETHEUS", "").strip().lower() in ("1", "on", "true"):
+        if prom in ("1", "on", "true"):
             try:
                 from . import prometheus
             except ImportError as exc:

@@ -568,3 +568,12 @@ def test_an_attempt_cut_short_by_a_base_exception_still_ends_its_span_and_hooks(
     (span,) = [s for s in _dicts(spans) if s["name"] == "job obs.exit"]
     assert span["status"] == "ERROR" and span["attributes"]["multistep.outcome"] == "interrupted"
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+@pytest.mark.parametrize(("var", "value"), [("MULTISTEP_OTEL", "yes"), ("MULTISTEP_PROMETHEUS", "maybe")])
+def test_a_bad_switch_value_is_a_clear_error(var: str, value: str) -> None:
+    env = dict(os.environ, **{var: value})
+    out = subprocess.run([sys.executable, "-m", "multistep_core", "--backend", "memory", "ls"],
+                         capture_output=True, text=True, timeout=60, env=env, cwd=HERE)
+    assert out.returncode == 2, out
+    assert f"{var}={value!r} is not one of" in out.stderr
