@@ -240,7 +240,6 @@ class Watch:
         if hooks.task_state_changed:
             _state_after_finish(self.args["backend"], self.args["task_id"], followups, self.wall, self.kind)
 
-
     def abort(self, exc: BaseException) -> None:
         """The outcome could not be recorded (the store or the queue raised): end the watch with
         outcome ``"interrupted"``; the lease expires and recovery sends the job again."""
