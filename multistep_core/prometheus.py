@@ -245,14 +245,16 @@ class StoreCollector:
         self.refreshed.set()
 
     def start(self) -> StoreCollector:
+        """Read the store once now (so the first scrape has figures, and a store that cannot be
+        read is an error at start), then every ``interval`` seconds in a thread."""
+        self.refresh()
+
         def loop() -> None:
-            while True:
+            while not self._stop.wait(self.interval):
                 try:
                     self.refresh()
                 except Exception:
                     log.exception("reading the store for metrics failed; trying again in %.0fs", self.interval)
-                if self._stop.wait(self.interval):
-                    return
 
         self._thread = threading.Thread(target=loop, name="multistep-metrics", daemon=True)
         self._thread.start()

@@ -426,6 +426,17 @@ def test_worker_metrics_of_two_processes_count_the_task_that_ran(kind: str, tmp_
         assert _get(m, "multistep_skipped_total", reason="duplicate") == 1
         assert _get(m, "multistep_rejected_total") == 1
         assert _get(m, "multistep_jobs_total", queue=queue, function="obs.pair", outcome="succeeded") == 2
+        # and the store exporter on the same store sees the task that ran, and nothing pending
+        sport = _free_port()
+        slog = tmp_path / "metrics.log"
+        exporter = _start(["--backend", url, "metrics", "--port", str(sport), "--interval", "0.1"], slog, {})
+        try:
+            s = _until("the store gauges", lambda: _try_scrape(sport), exporter, slog)
+            assert _get(s, "multistep_tasks", state="succeeded") == 1
+            assert sum(_get(s, "multistep_tasks", state=st) for st in ("open", "running", "finalizing")) == 0
+            assert _get(s, "multistep_jobs_pending", queue=queue) == 0
+        finally:
+            _stop(exporter)
         if kind in ("rq", "celery"):  # one job at a time per process: the pair ran in two processes
             ran_in = set(pair.read_text().split())
             assert len(ran_in) == 2
