@@ -41,8 +41,9 @@ Attributes follow the OpenTelemetry messaging conventions: ``messaging.system`` 
 ``multistep.kind`` and ``multistep.outcome``. A failed attempt sets the span's status to
 ERROR and records the exception (type, message, traceback) as an ``exception`` event.
 
-What is not traced: a message sent again by recovery (a lost worker's job, a retry after
-its backoff) carries no context, so its span starts a trace of its own.
+A message sent again by recovery (a lost worker's job, a retry after its backoff) carries the
+task's context when the recovering process created the task or ran one of its jobs (the
+last 1024 tasks); otherwise its span starts a trace of its own.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ _local = threading.local()
 _lock = threading.Lock()
 _created: OrderedDict[str, SpanContext] = OrderedDict()  # task id -> create span (producer side)
 _ran: OrderedDict[str, deque[SpanContext]] = OrderedDict()  # task id -> recent job spans here
+_parents: OrderedDict[str, str] = OrderedDict()  # task id -> parent traceparent of its last job here
 _instrumented = False
 
 
@@ -136,8 +138,11 @@ def trace_context(task_id: str = "") -> tuple[str | None, str | None]:
     if task_id:
         with _lock:
             root = _created.get(task_id)
+            seen = _parents.get(task_id) if root is None else None
         if root is not None:
             return traceparent(root), None
+        if seen is not None:  # recovery resending a job of a task whose jobs ran here
+            return seen, None
     sc = trace.get_current_span().get_span_context()
     return (traceparent(sc) if sc.is_valid else None), None
 
@@ -223,6 +228,8 @@ def _on_started(*, backend: Backend, task_id: str, ref: str, attempt: int, fn: s
             "multistep.attempt": attempt, "multistep.function": fn, "multistep.kind": kind,
         },
     )
+    if tp and parent is not None:
+        _remember(_parents, task_id, tp)
     token = otel_context.attach(trace.set_span_in_context(span, ctx))
     _stack().append((span, token, tp if parent is not None else None, len(getattr(_local, "sending", None) or ())))
 

@@ -588,3 +588,32 @@ def test_a_bad_switch_value_is_a_clear_error(var: str, value: str) -> None:
                          capture_output=True, text=True, timeout=60, env=env, cwd=HERE)
     assert out.returncode == 2, out
     assert f"{var}={value!r} is not one of" in out.stderr
+
+
+def test_a_job_resent_by_recovery_stays_in_its_tasks_trace(spans: Any) -> None:
+    import obs_jobs
+
+    from multistep_core.registry import make_spec
+
+    backend = connect("memory://?lease=0.5")
+    backend.stop_recovery()
+    try:
+        # Given a task created here whose only job's worker died after starting it
+        task = backend.create_task(queue="q7")
+        store = backend.store
+        store.add_jobs(task.id, "j", [make_spec(obs_jobs.work, (3,), {}).to_json()], time.time())
+        store.seal(task.id, time.time())
+        assert store.start(task.id, "j0", time.time()).run
+        # When recovery sends it again and it runs
+        assert backend.recover(now=time.time() + 5) == 1
+        assert task.wait(timeout=30).state == "succeeded"
+        deadline = time.monotonic() + 10
+        while not [s for s in _dicts(spans) if s["name"] == "job obs.work"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        backend.close()
+    rows = _dicts(spans)
+    (create,) = [s for s in rows if s["name"] == "create q7"]
+    (job,) = [s for s in rows if s["name"] == "job obs.work"]
+    assert job["trace"] == create["trace"] and job["parent"] == create["span"]
