@@ -102,9 +102,13 @@ def _check_task_trace(spans: list[dict[str, Any]], task_id: str, system: str, qu
     (exc,) = [e for e in jobs["j2"]["events"] if e["name"] == "exception"]
     assert exc["attributes"]["exception.type"] == "ValueError" and "negative input -3" in exc["attributes"]["exception.message"]
     assert all(jobs[r]["status"] == "UNSET" for r in ("j0", "j1"))
-    # f0 links to the job whose finish started it (the last to end) and other jobs seen here
-    last = max(jobs.values(), key=lambda s: s["end"])
-    assert fins["f0"]["links"][0] == last["span"]
+    # f0 links first to the job whose finish started it (the one whose span lists f0 as a
+    # follow-up), then to other jobs seen in its process; when the seal started it, only those
+    trigger = [s for s in jobs.values() if "f0" in s["attributes"].get("multistep.followups", "").split(",")]
+    if trigger:
+        assert fins["f0"]["links"][0] == trigger[0]["span"] and fins["f0"]["parent"] == send["span"]
+    else:
+        assert fins["f0"]["parent"] == create["span"]
     assert set(fins["f0"]["links"]) <= {s["span"] for s in jobs.values()}
     assert fins["f1"]["links"] == [fins["f0"]["span"]]
     assert fins["f0"]["attributes"]["multistep.function"] == "obs.fin"
