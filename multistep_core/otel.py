@@ -261,7 +261,7 @@ def _on_finished(*, task_id: str, kind: str, outcome: str, error: Failure | None
                 q.append(sc)
     finally:
         span.end()
-        otel_context.detach(token)  # type: ignore[arg-type]
+        otel_context.detach(token)  # type: ignore[arg-type, unused-ignore]
 
 
 _RECEIVERS = (

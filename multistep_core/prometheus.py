@@ -175,7 +175,7 @@ def uninstrument() -> None:
 def _multiproc_registry(path: str) -> CollectorRegistry:
     from prometheus_client import multiprocess
 
-    class _Live(multiprocess.MultiProcessCollector):
+    class _Live(multiprocess.MultiProcessCollector):  # type: ignore[misc, unused-ignore]
         """Sums every process's files; first drops the live gauges of processes that died
         (a replaced worker process must not keep counting as running)."""
 
@@ -183,11 +183,11 @@ def _multiproc_registry(path: str) -> CollectorRegistry:
             for f in glob.glob(os.path.join(path, "gauge_live*_*.db")):
                 pid = f.rsplit("_", 1)[-1][:-3]
                 if pid.isdigit() and not _alive(int(pid)):
-                    multiprocess.mark_process_dead(int(pid), path)  # type: ignore[no-untyped-call]
-            return super().collect()  # type: ignore[no-untyped-call,no-any-return]
+                    multiprocess.mark_process_dead(int(pid), path)  # type: ignore[no-untyped-call, unused-ignore]
+            return super().collect()  # type: ignore[no-untyped-call, no-any-return, unused-ignore]
 
     registry = CollectorRegistry()
-    _Live(registry, path)  # type: ignore[no-untyped-call]
+    _Live(registry, path)  # type: ignore[no-untyped-call, unused-ignore]
     return registry
 
 
