@@ -127,13 +127,25 @@ def _recheck_otel() -> None:
 
 def prepare_worker_metrics() -> str:
     """Before a worker starts its processes: set ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary
-    directory unless set) and ``MULTISTEP_PROMETHEUS=1`` in this process's environment, which
+    directory, removed at exit, unless set) and ``MULTISTEP_PROMETHEUS=1`` in this process's environment, which
     the worker processes inherit. Returns the directory."""
     import glob
     import sys
     import tempfile
 
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="multistep-metrics-")
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or ""
+    if not path:  # ours: removed when this process exits (not when a forked child does)
+        import atexit
+        import shutil
+
+        path = tempfile.mkdtemp(prefix="multistep-metrics-")
+        owner = os.getpid()
+
+        def _cleanup() -> None:
+            if os.getpid() == owner:
+                shutil.rmtree(path, ignore_errors=True)
+
+        atexit.register(_cleanup)
     os.makedirs(path, exist_ok=True)
     for f in glob.glob(os.path.join(path, "*.db")):  # counters of an earlier run would add up
         os.remove(f)
