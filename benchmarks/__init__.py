@@ -11,6 +11,10 @@ The benchmark process:
 * ``procs``: worker processes (start, stop, wait), the log line, the checkout check;
 * ``report``: the Markdown tables, and reading saved ``--json`` results back.
 
+Apart from the fan-in benchmark: ``observability`` (what tracing and metrics cost; its jobs in
+``obs_jobs``) and ``trace_tree`` (prints a small task's trace, as in docs/observability.md; its
+jobs in ``trace_jobs``).
+
 Imported by the worker processes (nothing else here is): ``common`` (what every job and
 callback does), ``rq_jobs``, ``celery_app``, ``dramatiq_app``, ``jobs_module`` (multistep's).
 """

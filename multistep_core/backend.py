@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+from . import observe
 from .errors import InvalidJob, InvalidTransition, TaskFailed, TaskNotFound, WaitTimeout
 from .hints import check_retention, failure_callback_spec, refuse_main_job, wait_timeout_message
 from .model import (
@@ -72,6 +73,7 @@ class Backend:
         self.queue = queue
         self.name = name
         self.eager = eager
+        observe.autoload()
         self.runner = Runner(self)
         self._recovery: Recovery | None = None
         queue.bind(self.runner)
@@ -132,6 +134,7 @@ class Backend:
         if cb_spec is not None:
             refuse_main_job(self, cb_spec)
         self.store.create_task(task_id, options, time.time())
+        observe.created(self, task_id, options.queue, options)
         task = Task(self, task_id, options.queue)
         if cb_spec is not None:
             self.store.add_jobs(task_id, CALLBACK, [cb_spec], time.time())
@@ -160,7 +163,7 @@ class Backend:
         """Enqueue the messages a transition asked for (up to ``per_message`` refs each)."""
         if not d.refs:
             return
-        msgs = encode_messages(d.task_id, d.refs, per_message)
+        msgs = encode_messages(d.task_id, d.refs, per_message, observe.trace_members(d.task_id))
         for i in range(0, len(msgs), ADD_CHUNK):
             self.queue.enqueue(d.queue, msgs[i : i + ADD_CHUNK])
 
@@ -169,6 +172,7 @@ class Backend:
         sent = 0
         for d in self.store.claim_due(time.time() if now is None else now):
             self.dispatch(d)
+            observe.recovered(self, d)
             sent += len(d.refs)
         return sent
 
@@ -283,14 +287,20 @@ class Task:
     def _add(self, kind: str, specs: list[str], per_message: int = 1) -> list[str]:
         refuse_main_job(self.backend, specs[0])  # one function per call
         refs = self.backend.store.add_jobs(self.id, kind, specs, time.time())
+        observe.adding(self.backend, self.id, self.queue if kind == JOB else self._queue or "", kind, refs)
         if kind == JOB:
-            self.backend.dispatch(Dispatch(self.id, self.queue, tuple(refs)), per_message)
+            try:
+                self.backend.dispatch(Dispatch(self.id, self.queue, tuple(refs)), per_message)
+            finally:
+                observe.sent(self.backend, self.id, self.queue, refs)
         return refs
 
     def seal(self) -> None:
         """No more jobs from outside: finalization may start once every job has ended.
         (Jobs of the task may still add jobs while it is running.)"""
-        self.backend.dispatch(self.backend.store.seal(self.id, time.time()))
+        d = self.backend.store.seal(self.id, time.time())
+        self.backend.dispatch(d)
+        observe.sealed(self.backend, self.id, d)
 
     def __enter__(self) -> Task:
         return self
@@ -347,11 +357,14 @@ class Task:
     def retry(self) -> None:
         """Resume a failed task: resend its failed jobs (or its failed finalizer)."""
         self.backend.dispatch(self.backend.store.retry(self.id, time.time()))
+        observe.retried(self.backend, self.id)
 
     def cancel(self, by: str | None = None) -> bool:
         """Stop the task. Jobs not yet started are skipped; no finalizer starts. Returns
         False if the task had already succeeded or been cancelled."""
-        return self.backend.store.cancel(self.id, by or _who(), time.time())
+        done = self.backend.store.cancel(self.id, by or _who(), time.time())
+        observe.cancelled(self.backend, self.id, done)
+        return done
 
     def delete(self) -> bool:
         return self.backend.store.delete(self.id)

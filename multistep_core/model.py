@@ -319,6 +319,7 @@ MESSAGE_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
 MAX_REFS_PER_MESSAGE = 64
 _PLAIN_REF = re.compile(r"[jfx][0-9]+\Z")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 
 
 def encode_message(task_id: str, ref: str) -> str:
@@ -332,10 +333,14 @@ def encode_message(task_id: str, ref: str) -> str:
     return f'{{"v":{MESSAGE_VERSION},"task":{json.dumps(task_id)},"ref":{json.dumps(ref)}}}'
 
 
-def encode_messages(task_id: str, refs: Sequence[str], per_message: int = 1) -> list[str]:
+def encode_messages(task_id: str, refs: Sequence[str], per_message: int = 1, trace: str = "") -> list[str]:
     """Messages for ``refs``: one per ref, or with ``per_message`` > 1 up to that many refs
     per message (``{"v":1,"task":"T","refs":["j0","j1",...]}``), which a worker runs one
-    after another."""
+    after another. ``trace``: optional members (``,"tp":"00-…"``, ``,"tl":"00-…"``: W3C
+    traceparents of the parent span and of a linked span, see :mod:`multistep_core.otel`)
+    appended to each message; their size does not depend on the task's."""
+    if trace:
+        return [m[:-1] + trace + "}" for m in encode_messages(task_id, refs, per_message)]
     if per_message <= 1:
         head = f'{{"v":{MESSAGE_VERSION},"task":{json.dumps(task_id)},"ref":"'
         return [f'{head}{r}"}}' if _PLAIN_REF.match(r) else encode_message(task_id, r) for r in refs]
@@ -379,7 +384,7 @@ def decode_refs(raw: object) -> tuple[str, tuple[str, ...]]:
             raise InvalidMessage(f"message is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise InvalidMessage(f"message must be a JSON object, not {type(raw).__name__}")
-    extra = sorted(set(raw) - {"v", "task", "ref", "refs"})
+    extra = sorted(set(raw) - {"v", "task", "ref", "refs", "tp", "tl"})
     if extra:
         raise InvalidMessage(
             f"message has unexpected field(s) {', '.join(map(repr, extra))}: multistep messages "
@@ -388,6 +393,9 @@ def decode_refs(raw: object) -> tuple[str, tuple[str, ...]]:
     if raw.get("v") != MESSAGE_VERSION:
         raise InvalidMessage(f"message version {raw.get('v')!r} is not supported (expected {MESSAGE_VERSION})")
     task_id = validate_task_id(raw.get("task"))
+    for k in ("tp", "tl"):  # optional trace context: W3C traceparent text
+        if k in raw and not (isinstance(raw[k], str) and _TRACEPARENT.match(raw[k])):
+            raise InvalidMessage(f"message field {k!r} must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
     if ("ref" in raw) == ("refs" in raw):
         raise InvalidMessage("message must have exactly one of 'ref' and 'refs'")
     if "ref" in raw:

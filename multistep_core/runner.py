@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from . import observe
 from .context import JobContext, _current
-from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode_refs, encode_message
+from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode_refs
 from .registry import lookup
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class _Heartbeat:
                 try:
                     store.renew(task_id, ref, attempt, time.time())
                 except Exception:  # a store hiccup must not kill the heartbeat
-                    log.exception("lease renewal failed for %s/%s", task_id, ref)
+                    log.exception("lease renewal failed for %s/%s", task_id, ref, extra=observe.log_extra(task_id, ref, attempt))
 
 
 def failure_from(exc: BaseException, ref: str, fn: str, attempt: int) -> Failure:
@@ -137,8 +138,8 @@ class Runner:
         try:
             out = self._handle(raw)
             while local.pending:
-                task_id, ref = local.pending.pop(0)
-                self._handle_one(task_id, ref, encode_message(task_id, ref))
+                task_id, ref, msg = local.pending.pop(0)
+                self._handle_one(task_id, ref, msg)
             return out
         finally:
             local.pending = None
@@ -151,6 +152,7 @@ class Runner:
         except ValueError as exc:
             log.warning("refused message %.200r: %s", text, exc)
             store.reject(text, f"refused: {exc}", time.time())
+            observe.rejected(self.backend, text, f"refused: {exc}")
             return "rejected"
         if len(refs) == 1:
             return self._handle_one(task_id, refs[0], text)
@@ -167,15 +169,24 @@ class Runner:
                 if nxt is not None:
                     start = store.start(task_id, nxt, time.time())
                 continue
-            result_text, error = self._execute(task_id, ref, start)
-            now = time.time()
-            if nxt is None:
-                self.dispatch(store.finish(task_id, ref, start.attempt, now, result=result_text, error=error))
-            else:
-                d, start = store.finish_then_start(
-                    task_id, ref, start.attempt, now, nxt, result=result_text, error=error
-                )
-                self.dispatch(d)
+            w = observe.begin(self.backend, task_id, ref, start, text)
+            try:
+                result_text, error = self._execute(task_id, ref, start)
+                now = time.time()
+                if nxt is None:
+                    d = store.finish(task_id, ref, start.attempt, now, result=result_text, error=error)
+                    self.dispatch(d)
+                else:
+                    d, start = store.finish_then_start(
+                        task_id, ref, start.attempt, now, nxt, result=result_text, error=error
+                    )
+                    self.dispatch(d)
+            except BaseException as exc:
+                if w is not None:
+                    w.abort(exc)
+                raise
+            if w is not None:
+                w.end(error, d)
             outcomes.append("failed" if error is not None else "succeeded")
         return outcomes[0] if len(set(outcomes)) == 1 else ",".join(outcomes)
 
@@ -184,8 +195,17 @@ class Runner:
         start = store.start(task_id, ref, time.time())
         if not start.run:
             return self._not_started(task_id, ref, text, start)
-        result_text, error = self._execute(task_id, ref, start)
-        self.dispatch(store.finish(task_id, ref, start.attempt, time.time(), result=result_text, error=error))
+        w = observe.begin(self.backend, task_id, ref, start, text)
+        try:
+            result_text, error = self._execute(task_id, ref, start)
+            d = store.finish(task_id, ref, start.attempt, time.time(), result=result_text, error=error)
+            self.dispatch(d)
+        except BaseException as exc:  # the store or the queue failed: the watch still ends
+            if w is not None:
+                w.abort(exc)
+            raise
+        if w is not None:
+            w.end(error, d)
         return "failed" if error is not None else "succeeded"
 
     def _not_started(self, task_id: str, ref: str, text: str, start: Start) -> str:
@@ -196,7 +216,9 @@ class Runner:
                 f"{what}: {task_id!r} (deleted, expired, or never created)",
                 time.time(),
             )
+            observe.rejected(self.backend, text, f"{what}: {task_id!r}")
             return "rejected"
+        observe.skipped(self.backend, task_id, ref, start.reason)
         return f"skipped:{start.reason}"
 
     def _execute(self, task_id: str, ref: str, start: Start) -> tuple[str | None, Failure | None]:
@@ -215,7 +237,7 @@ class Runner:
                 f"no job function is registered as {spec.fn!r} in this worker; workers run only "
                 "functions decorated with @job in the modules they import",
             )
-            log.error("%s/%s: %s", task_id, ref, err.message)
+            log.error("%s/%s: %s", task_id, ref, err.message, extra=observe.log_extra(task_id, ref, attempt))
             return None, err
         task = self.backend.get_task_handle(task_id)
         token = _current.set(JobContext(task=task, ref=ref, attempt=attempt))
@@ -240,7 +262,8 @@ class Runner:
             _current.reset(token)
         if error is not None:
             error = replace(error, args=args_preview(spec.args, spec.kwargs))
-            log.info("%s/%s attempt %d failed: %s: %s", task_id, ref, attempt, error.type, error.message)
+            log.info("%s/%s attempt %d failed: %s: %s", task_id, ref, attempt, error.type, error.message,
+                     extra=observe.log_extra(task_id, ref, attempt))
         return result_text, error
 
     def dispatch(self, d: Dispatch) -> None:
@@ -251,7 +274,7 @@ class Runner:
             and len(d.refs) == 1
             and d.refs[0][:1] in (FINALIZER, CALLBACK)
         ):
-            pending.append((d.task_id, d.refs[0]))
+            pending.append((d.task_id, d.refs[0], observe.inline_message(d.task_id, d.refs[0])))
             return
         self.backend.dispatch(d)
 

@@ -39,6 +39,11 @@ from ..web.cli import web as _web
 
 cli.add_command(_web)
 
+# metrics: the store-level Prometheus exporter (multistep_core/cli/metrics.py)
+from .metrics import metrics as _metrics  # noqa: E402
+
+cli.add_command(_metrics)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""

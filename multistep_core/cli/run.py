@@ -11,6 +11,7 @@ from rich.text import Text
 from ..config import backend_name
 from ..errors import InvalidTransition
 from .base import EXIT_FAILED, EXIT_OK, cli, echo_json, err, fail, import_modules, json_option, obj, out
+from .metrics import metrics_port_option, start_worker_metrics
 
 
 @cli.command()
@@ -58,14 +59,17 @@ def demo(ctx: click.Context, jobs: int, threads: int, demo_backend: str | None, 
               help="Queue to serve (repeat for several).")
 @click.option("-c", "--concurrency", default=None, type=click.IntRange(1, 10_000),
               help="Jobs run at once  [default: number of CPUs]")
+@metrics_port_option
 @click.pass_context
-def worker(ctx: click.Context, modules: tuple[str, ...], queues: tuple[str, ...], concurrency: int | None) -> None:
+def worker(ctx: click.Context, modules: tuple[str, ...], queues: tuple[str, ...], concurrency: int | None,
+           metrics_port: int | None = None) -> None:
     """Serve jobs: import MODULES (registering their @job functions), then run until stopped.
 
     Only the functions registered by these modules can run. The embedded backends
     (memory, sqlite, eager) run jobs inside the process that creates them and have no
     separate worker.
     """
+    start_worker_metrics(metrics_port)
     import_modules(modules)
     backend = obj(ctx).connect(ctx, read_only=False)
     try:

@@ -28,7 +28,7 @@ from typing import Any
 from ..listing import JobDetail, TaskPage, TaskQuery, clip, page_of
 from ..model import CALLBACK, FINALIZER, JOB, Progress, parse_ref
 from .base import RedisBase, _s
-from .reads import _STATE_CODE, _progress
+from .rows import _STATE_CODE, _progress
 from .scripts import lua_file
 
 FIRST_SLICE = 200  # index entries read in the first round trip of a state walk

@@ -9,38 +9,9 @@ from dataclasses import replace
 from typing import Any
 
 from ..listing import JobDetail, TaskPage, TaskQuery
-from ..model import Failure, Progress, Rejected, TaskOptions, TaskState
+from ..model import Failure, Progress, Rejected, TaskState
 from .base import RedisBase, _s
-
-_STATE_CODE = {"p": "pending", "r": "running", "w": "retry_wait", "s": "succeeded", "f": "failed"}
-
-
-def _f(v: Any) -> float | None:
-    return None if v is None else float(v)
-
-
-def _progress(tid: str, m: dict[str, str]) -> Progress:
-    total = int(m["total"])
-    running = int(m["running"])
-    succeeded = int(m["succeeded"])
-    failed = int(m["failed"])
-    return Progress(
-        task_id=tid,
-        state=TaskState(m["state"]),
-        total=total,
-        pending=total - running - succeeded - failed,
-        running=running,
-        succeeded=succeeded,
-        failed=failed,
-        finalizers_total=int(m["fin_total"]),
-        finalizers_done=int(m["fin_done"]),
-        created_at=float(m["created_at"]),
-        sealed_at=_f(m.get("sealed_at")),
-        finished_at=_f(m.get("finished_at")),
-        cancelled_by=m.get("cancelled_by"),
-        cancelled_at=_f(m.get("cancelled_at")),
-        options=TaskOptions.from_dict(json.loads(m["opts"])),
-    )
+from .rows import _STATE_CODE, _progress
 
 
 class RedisReads(RedisBase):
