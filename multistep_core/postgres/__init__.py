@@ -1,0 +1,21 @@
+"""PostgreSQL store: durable task state, shared by every worker, with no Redis at all.
+
+``postgresql://user@host:5432/db`` as a backend of its own (jobs on threads of the calling
+process, like ``sqlite://``), or ``store=postgresql://...`` for any queue adapter
+(``celery+amqp://...?store=postgresql://db.internal/multistep``). Needs psycopg 3:
+``pip install "multistep[postgres]"``.
+
+It is :class:`~multistep_core.store.RowStore` over PostgreSQL rows: the lifecycle logic is
+the reference's own, each transition one transaction that locks only its task's row.
+Modules: :mod:`.store` (connections, retries, waiting), :mod:`.txn` (the row primitives and
+their statements), :mod:`.schema` (tables and migrations, ``multistep db upgrade``),
+:mod:`.notify` (LISTEN/NOTIFY for ``Task.wait``), :mod:`.factory` (the backend).
+``docs/stores.md`` has the setup, the durability and the figures.
+"""
+
+from __future__ import annotations
+
+from .factory import postgres_backend
+from .store import DEFAULT_URL, PostgresStore
+
+__all__ = ["DEFAULT_URL", "PostgresStore", "postgres_backend"]
