@@ -531,6 +531,11 @@ def rejected(ctx: click.Context, limit: int, as_json: bool) -> None:
         _hint(MEMORY_HINT)
 
 
+from .postgres.commands import db  # noqa: E402 - multistep db upgrade (the PostgreSQL store's schema)
+
+cli.add_command(db)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="multistep")

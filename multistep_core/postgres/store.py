@@ -181,7 +181,7 @@ class PostgresStore(RowStore):
             raise
         except psycopg.OperationalError as exc:
             if txn.xid is None or not self._committed(txn.xid):
-                raise _Retry(_reason(exc)) from exc
+                raise _Retry(f"a commit was cut off before it was applied ({_reason(exc)})") from exc
             log.info("the connection broke during a commit that went through (transaction %d)", txn.xid)
 
     def _committed(self, xid: int) -> bool:
@@ -343,5 +343,7 @@ class PostgresStore(RowStore):
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _Retry):
+        return str(exc)
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")

@@ -88,12 +88,12 @@ class Sql:
         self.lock_task = f"SELECT {TASK_COLS} FROM {p}_tasks WHERE id = %s FOR UPDATE"
         self.get_task = f"SELECT {TASK_COLS} FROM {p}_tasks WHERE id = %s"
         self.get_jobs = f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND ref = ANY(%s)"
-        # ... and the finalizer a finish or seal may send next, when it may (the task's last jobs
-        # are ending, or it is finalizing): the transition then needs no read of its own for it.
+        # ... and the finalizers a finish or seal may send next, when it may (the task's last jobs
+        # are ending, or it is finalizing): the transition then needs no read of its own for them.
         self.get_jobs_and_next = (
-            f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND (ref = ANY(%s) OR ref = ("
-            f"SELECT 'f' || fin_done FROM {p}_tasks WHERE id = %s AND fin_done < fin_total AND "
-            f"(state = 'finalizing' OR succeeded + failed + 1 >= total)))"
+            f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND (ref = ANY(%s) OR ref IN ("
+            f"SELECT 'f' || (fin_done + k) FROM {p}_tasks, (VALUES (0), (1)) AS next(k) WHERE id = %s "
+            f"AND fin_done + k < fin_total AND (state = 'finalizing' OR succeeded + failed + 1 >= total)))"
         )
         self.insert_task = f"INSERT INTO {p}_tasks ({TASK_COLS}) VALUES ({', '.join(['%s'] * 17)})"
         sets = ", ".join(f"{c} = %s" for c in TASK_COLS.split(", ")[1:])
@@ -111,11 +111,13 @@ class Sql:
         )
         self.jobs_all = f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s ORDER BY ref"
         self.jobs_in = f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND state = ANY(%s) ORDER BY ref"
-        # Recovery: lock the tasks that have something due, skipping those another transaction
-        # holds (a worker mid-transition, another recoverer): they are taken on a later pass.
+        # Recovery: lock the tasks that have something due, earliest first, skipping those another
+        # transaction holds (a worker mid-transition, another recoverer): they are taken on a later
+        # pass, and the LIMIT counts only tasks this pass could lock.
         self.lock_due = (
-            f"SELECT id FROM {p}_tasks WHERE id IN (SELECT task_id FROM {p}_jobs "
-            f"WHERE due_at IS NOT NULL AND due_at <= %s ORDER BY due_at LIMIT %s) FOR UPDATE SKIP LOCKED"
+            f"SELECT t.id FROM {p}_tasks t JOIN (SELECT task_id, min(due_at) AS first FROM {p}_jobs "
+            f"WHERE due_at IS NOT NULL AND due_at <= %s GROUP BY task_id) d ON d.task_id = t.id "
+            f"ORDER BY d.first, t.id LIMIT %s FOR UPDATE OF t SKIP LOCKED"
         )
         self.due_jobs = (
             f"SELECT task_id, {JOB_COLS} FROM {p}_jobs WHERE task_id = ANY(%s) AND due_at IS NOT NULL "
