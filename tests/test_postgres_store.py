@@ -162,7 +162,7 @@ def test_migrations_apply_in_order_and_keep_rows(postgres_service: str, prefix: 
     cmd = [sys.executable, "-m", "multistep_core", "db", "upgrade", postgres_service, "--prefix", prefix]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "schema version 1 -> 2" in done.stdout
+    assert f"schema version 1 -> {schema.LATEST}" in done.stdout
     # Then the old row reads as a task, and what version 2 added (the end notification) works
     s = PostgresStore(postgres_service, prefix=prefix, upgrade=False)
     try:
@@ -191,9 +191,11 @@ def test_migrators_starting_together_migrate_once(postgres_service: str, prefix:
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(out) == [(0, 2)] + [(2, 2)] * 3
+    n = schema.LATEST
+    assert sorted(out) == [(0, n)] + [(n, n)] * 3
     with psycopg.connect(postgres_service, autocommit=True) as conn:
-        assert [r[0] for r in conn.execute(f"SELECT version FROM {prefix}_schema_version ORDER BY version")] == [1, 2]
+        versions = [r[0] for r in conn.execute(f"SELECT version FROM {prefix}_schema_version ORDER BY version")]
+        assert versions == list(range(1, n + 1))
 
 
 def test_a_newer_schema_is_refused(postgres_service: str, prefix: str) -> None:
@@ -427,3 +429,37 @@ def test_tasks_resume_after_the_database_server_restarts(postgres_service: str, 
         assert after.wait(timeout=60).state == TaskState.SUCCEEDED
     finally:
         h.stop()
+
+
+def test_clients_creating_one_id_at_once_get_one_task(store: PostgresStore, postgres_service: str, prefix: str) -> None:
+    from multistep_core.errors import TaskExists
+
+    stores = [PostgresStore(postgres_service, prefix=prefix) for _ in range(6)]
+    barrier = threading.Barrier(6)
+    out: list[str] = []
+
+    def create(s: PostgresStore) -> None:
+        barrier.wait()
+        try:
+            s.create_task("same", TaskOptions(), time.time())
+            out.append("created")
+        except TaskExists as exc:
+            out.append(str(exc))
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert out.count("created") == 1, out
+    assert all("a task with id 'same' already exists" in o for o in out if o != "created")
+    # and close() closes every connection a store opened, whichever thread opened it
+    pids = [c.info.backend_pid for s in stores for c in list(s._conns)]
+    assert len(pids) >= 6
+    for s in stores:
+        s.close()
+    with psycopg.connect(postgres_service, autocommit=True) as c:
+        deadline = time.monotonic() + 10
+        while c.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "a closed store's connection is still open"
+            time.sleep(0.05)

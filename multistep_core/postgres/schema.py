@@ -86,6 +86,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER {p}_deleted AFTER DELETE ON {p}_tasks FOR EACH ROW
         EXECUTE FUNCTION {p}_notify_ended('{p}_ended');
     """,
+    # 3: a task's jobs that did not succeed, by state (failures, retry), without reading those that
+    # did (most of them, once a task is done).
+    """
+    CREATE INDEX {p}_jobs_open ON {p}_jobs (task_id, state) WHERE state <> 'succeeded';
+    """,
 )
 LATEST = len(MIGRATIONS)
 

@@ -75,7 +75,8 @@ class PostgresStore(RowStore):
         self.round_trips = 0  # exchanges with the server so far (for tests and benchmarks)
         self._count_lock = threading.Lock()
         self._local = _Local()
-        self._inherited: list[_Local] = []
+        self._conns: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()  # every open one, for close()
+        self._inherited: list[Any] = []
         self._listener: Any = None
         if hasattr(os, "register_at_fork"):  # a forked child (RQ's work horse) opens its own connections
             ref = weakref.ref(self)
@@ -94,6 +95,7 @@ class PostgresStore(RowStore):
         """A new autocommit connection (errors are psycopg's)."""
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         conn.prepare_threshold = 0  # server-side prepared statements from the first use
+        self._conns.add(conn)
         return conn
 
     def _conn(self) -> psycopg.Connection[Any]:
@@ -129,9 +131,11 @@ class PostgresStore(RowStore):
 
     def _forget_connections(self) -> None:
         """In a forked child: never use (nor close) a connection of the parent; keep a reference
-        so the garbage collector does not close it in the child either."""
-        self._inherited.append(self._local)
+        to each so the garbage collector does not close it in the child either (closing one sends
+        the server the parent's goodbye)."""
+        self._inherited.append((self._local, self._listener, list(self._conns)))
         self._local = _Local()
+        self._conns = weakref.WeakSet()
         self._listener = None
 
     def _drop_connection(self) -> None:
@@ -145,10 +149,14 @@ class PostgresStore(RowStore):
             self.round_trips += 1
 
     def close(self) -> None:
+        """Close every connection the store opened (each thread's, the listener's)."""
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
         self._drop_connection()
+        for conn in list(self._conns):
+            with contextlib.suppress(Exception):
+                conn.close()
 
     # -- transactions ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -169,14 +177,15 @@ class PostgresStore(RowStore):
             local.txn = None
 
     def _commit(self, txn: PgTxn) -> None:
+        created = [tid for tid, new in txn.task_writes.items() if new]
         stmts = txn.commit_statements()
         if not stmts:
             return
         try:
             txn.exchange(stmts)
         except pg_errors.UniqueViolation as exc:
-            if exc.diag.table_name == f"{self.prefix}_tasks":
-                raise TaskExists(f"a task with id {exc.diag.message_detail or ''} already exists "
+            if exc.diag.table_name == f"{self.prefix}_tasks" and created:
+                raise TaskExists(f"a task with id {created[0]!r} already exists "
                                  "(created at the same moment by another client)") from None
             raise
         except psycopg.OperationalError as exc:

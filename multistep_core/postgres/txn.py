@@ -90,8 +90,9 @@ class Sql:
         self.get_jobs = f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND ref = ANY(%s)"
         # ... and the finalizers a finish or seal may send next, when it may (the task's last jobs
         # are ending, or it is finalizing): the transition then needs no read of its own for them.
+        # (one array of refs, so that it is an index lookup per ref, not a scan of the task's jobs)
         self.get_jobs_and_next = (
-            f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND (ref = ANY(%s) OR ref IN ("
+            f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND ref = ANY(%s::text[] || ARRAY("
             f"SELECT 'f' || (fin_done + k) FROM {p}_tasks, (VALUES (0), (1)) AS next(k) WHERE id = %s "
             f"AND fin_done + k < fin_total AND (state = 'finalizing' OR succeeded + failed + 1 >= total)))"
         )
@@ -110,7 +111,7 @@ class Sql:
             f"SELECT %s, r, s, 'pending' FROM unnest(%s::text[], %s::text[]) AS u(r, s)"
         )
         self.jobs_all = f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s ORDER BY ref"
-        self.jobs_in = f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND state = ANY(%s) ORDER BY ref"
+        self.jobs_in = f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND state IN ({{states}}) ORDER BY ref"
         # Recovery: lock the tasks that have something due, earliest first, skipping those another
         # transaction holds (a worker mid-transition, another recoverer): they are taken on a later
         # pass, and the LIMIT counts only tasks this pass could lock.
@@ -283,7 +284,10 @@ class PgTxn(Txn):
         if states is None:
             stmts.append((self.sql.jobs_all, (task_id,)))
         else:
-            stmts.append((self.sql.jobs_in, (task_id, [s.value for s in states])))
+            # the states written out (they are the JobState names), so that the planner may use the
+            # index of the jobs that did not succeed
+            listed = ", ".join(f"'{JobState(s).value}'" for s in states) or "NULL"
+            stmts.append((self.sql.jobs_in.replace("{states}", listed), (task_id,)))
         curs = self.exchange(stmts)
         if lock:
             r = curs[0].fetchone()
