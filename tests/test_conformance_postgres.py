@@ -1,6 +1,6 @@
 """The shared conformance suite with task state in PostgreSQL: the ``postgresql://`` backend
 (jobs on threads of this process), and PostgreSQL as the store of RQ, Celery (RabbitMQ: no
-Redis at all) and Dramatiq, with real ``multistep worker`` processes. Each class has its own
+Redis at all) and Dramatiq (Redis and RabbitMQ), with real ``multistep worker`` processes. Each class has its own
 table prefix in the session's database (``postgres_service``), so that no class's recovery
 claims another's tasks. Redis DB 8 is the brokers' here.
 
@@ -66,3 +66,8 @@ class TestCeleryRabbitmqWithPostgresStore(BackendTests):
 @pytest.mark.usefixtures("postgres_service", "redis_service")
 class TestDramatiqWithPostgresStore(BackendTests):
     backend_string = f"dramatiq+redis://{REDIS_ADDR}/8?store={PG}&prefix=msdramatiq"
+
+
+@pytest.mark.usefixtures("postgres_service", "rabbitmq_service")
+class TestDramatiqRabbitmqWithPostgresStore(BackendTests):
+    backend_string = f"dramatiq+amqp://guest:guest@127.0.0.1:5672/?store={PG}&prefix=msdramatiqamqp"

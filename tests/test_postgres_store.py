@@ -463,3 +463,71 @@ def test_clients_creating_one_id_at_once_get_one_task(store: PostgresStore, post
         while c.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]:
             assert time.monotonic() < deadline, "a closed store's connection is still open"
             time.sleep(0.05)
+
+
+# --- rows RowStore may grow ------------------------------------------------------------------------
+
+
+def test_row_fields_without_a_column_are_kept(store: PostgresStore) -> None:
+    """A field RowStore's rows gain (JobRow.extra today) is kept in the row's JSON column."""
+    from multistep_core.store import JobRow
+
+    now = time.time()
+    store.create_task("x", TaskOptions(), now)
+    with store.transaction() as tx:
+        tx.put_jobs_new("x", [JobRow(ref="j0", spec=SPEC, extra={"k": [1, "a"]}), JobRow(ref="j1", spec=SPEC)])
+    with store.transaction() as tx:
+        j0, j1 = tx.get_job("x", "j0"), tx.get_job("x", "j1")
+        assert j0 is not None and j1 is not None
+        assert (j0.extra, j1.extra) == ({"k": [1, "a"]}, {})
+        j1.extra = {"seen": True}
+        tx.put_job("x", j1)
+    with store.transaction() as tx:
+        assert [j.extra for j in tx.jobs("x")] == [{"k": [1, "a"]}, {"seen": True}]
+
+
+class _Queue:
+    """A stand-in for the dispatch redesign's scheduling row (name, to_dict, from_dict)."""
+
+    def __init__(self, name: str, seq: int = 0) -> None:
+        self.name, self.seq = name, seq
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "seq": self.seq}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> _Queue:
+        return cls(d["name"], d["seq"])
+
+
+def test_queue_rows_are_locked_by_the_transitions_that_change_them(store: PostgresStore, postgres_service: str,
+                                                                   prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from multistep_core.postgres import txn
+
+    monkeypatch.setattr(txn, "_queue_row", lambda: _Queue)
+    stores = [PostgresStore(postgres_service, prefix=prefix) for _ in range(3)]
+    barrier = threading.Barrier(3)
+
+    def bump(s: PostgresStore) -> None:
+        barrier.wait()
+        for _ in range(30):  # read, add one, write: lost updates would show in the total
+            with s.transaction() as tx:
+                q = tx.get_queue("q") or _Queue("q")
+                q.seq += 1
+                tx.put_queue(q)
+
+    with store.transaction() as tx:  # no row yet: none, and no name listed
+        assert tx.get_queue("q") is None
+    with store.transaction() as tx:
+        assert tx.queues() == []
+    threads = [threading.Thread(target=bump, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    with store.transaction() as tx:
+        q = tx.get_queue("q")
+        assert q is not None and q.seq == 90
+        assert tx.queues() == ["q"]
+    for s in stores:
+        s.close()

@@ -91,6 +91,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX {p}_jobs_open ON {p}_jobs (task_id, state) WHERE state <> 'succeeded';
     """,
+    # 4: whatever else a task or job row holds (fields RowStore's rows gain later, kept as JSON
+    # without a migration of their own), and one scheduling row per queue (a JSON document).
+    """
+    ALTER TABLE {p}_tasks ADD COLUMN more text;
+    ALTER TABLE {p}_jobs ADD COLUMN more text;
+    CREATE TABLE {p}_queues (name text COLLATE "C" PRIMARY KEY, data text NOT NULL);
+    """,
 )
 LATEST = len(MIGRATIONS)
 
@@ -156,6 +163,6 @@ def drop(conn: Any, prefix: str) -> None:
     """Remove every table (and function) of a prefix: its tasks are gone for good."""
     prefix = check_prefix(prefix)
     with conn.transaction():
-        for table in ("tasks", "jobs", "rejected", "schema_version"):
+        for table in ("tasks", "jobs", "rejected", "queues", "schema_version"):
             conn.execute(f"DROP TABLE IF EXISTS {prefix}_{table}")
         conn.execute(f"DROP FUNCTION IF EXISTS {prefix}_notify_ended()")

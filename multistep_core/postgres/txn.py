@@ -23,6 +23,8 @@ text cannot: it is stored escaped (:func:`enc` / :func:`dec`).
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import re
 from collections.abc import Sequence
@@ -36,9 +38,9 @@ if TYPE_CHECKING:
 
 TASK_COLS = (
     "id, state, options, sealed, total, running, succeeded, failed, fin_total, fin_done, "
-    "has_callback, created_at, sealed_at, finished_at, cancelled_by, cancelled_at, expires_at"
+    "has_callback, created_at, sealed_at, finished_at, cancelled_by, cancelled_at, expires_at, more"
 )
-JOB_COLS = "ref, spec, state, attempt, fails, lost, due_at, error, result, started_at, finished_at"
+JOB_COLS = "ref, spec, state, attempt, fails, lost, due_at, error, result, started_at, finished_at, more"
 _ESCAPED = re.compile("\x01([\x01\x02])")
 
 Stmt = tuple[str, tuple[Any, ...]]
@@ -57,12 +59,42 @@ def dec(s: str | None) -> str | None:
     return _ESCAPED.sub(lambda m: "\x00" if m.group(1) == "\x02" else "\x01", s)
 
 
+def _more_fields(cls: type, columns: str) -> tuple[dataclasses.Field[Any], ...]:
+    named = set(columns.split(", "))
+    return tuple(f for f in dataclasses.fields(cls) if f.name not in named)
+
+
+# Fields of the rows that have no column of their own (JobRow.extra, and whatever RowStore's rows
+# gain later): kept in the ``more`` column as JSON, so a new field needs no new code here.
+_TASK_MORE = _more_fields(TaskRow, TASK_COLS)
+_JOB_MORE = _more_fields(JobRow, "ref, " + JOB_COLS)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def more(row: Any, fields: tuple[dataclasses.Field[Any], ...]) -> str | None:
+    """The JSON of a row's fields without a column, when any differs from its default."""
+    d = {f.name: getattr(row, f.name) for f in fields if getattr(row, f.name) != _default(f)}
+    return json.dumps(d) if d else None
+
+
+def _known(text: str | None, fields: tuple[dataclasses.Field[Any], ...]) -> dict[str, Any]:
+    if not text:
+        return {}
+    names = {f.name for f in fields}
+    return {k: v for k, v in json.loads(text).items() if k in names}
+
+
 def task_from(r: Sequence[Any]) -> TaskRow:
     return TaskRow(
         id=r[0], state=TaskState(r[1]), options=TaskOptions.from_dict(json.loads(r[2])), sealed=r[3],
         total=r[4], running=r[5], succeeded=r[6], failed=r[7], fin_total=r[8], fin_done=r[9],
         has_callback=r[10], created_at=r[11], sealed_at=r[12], finished_at=r[13],
-        cancelled_by=dec(r[14]), cancelled_at=r[15], expires_at=r[16],
+        cancelled_by=dec(r[14]), cancelled_at=r[15], expires_at=r[16], **_known(r[17], _TASK_MORE),
     )
 
 
@@ -70,7 +102,7 @@ def _task_values(t: TaskRow) -> tuple[Any, ...]:
     return (
         t.id, t.state.value, json.dumps(t.options.to_dict()), t.sealed, t.total, t.running, t.succeeded,
         t.failed, t.fin_total, t.fin_done, t.has_callback, t.created_at, t.sealed_at, t.finished_at,
-        enc(t.cancelled_by), t.cancelled_at, t.expires_at,
+        enc(t.cancelled_by), t.cancelled_at, t.expires_at, more(t, _TASK_MORE),
     )
 
 
@@ -78,7 +110,13 @@ def job_from(r: Sequence[Any]) -> JobRow:
     return JobRow(
         ref=r[0], spec=dec(r[1]) or "", state=JobState(r[2]), attempt=r[3], fails=r[4], lost=r[5], due_at=r[6],
         error=json.loads(r[7]) if r[7] else None, result=r[8], started_at=r[9], finished_at=r[10],
+        **_known(r[11], _JOB_MORE),
     )
+
+
+def _queue_row() -> Any:
+    """The reference's scheduling row class (imported when a queue row is first read)."""
+    return importlib.import_module("multistep_core.fairshare").QueueRow
 
 
 class Sql:
@@ -96,19 +134,19 @@ class Sql:
             f"SELECT 'f' || (fin_done + k) FROM {p}_tasks, (VALUES (0), (1)) AS next(k) WHERE id = %s "
             f"AND fin_done + k < fin_total AND (state = 'finalizing' OR succeeded + failed + 1 >= total)))"
         )
-        self.insert_task = f"INSERT INTO {p}_tasks ({TASK_COLS}) VALUES ({', '.join(['%s'] * 17)})"
+        self.insert_task = f"INSERT INTO {p}_tasks ({TASK_COLS}) VALUES ({', '.join(['%s'] * 18)})"
         sets = ", ".join(f"{c} = %s" for c in TASK_COLS.split(", ")[1:])
         self.update_task = f"UPDATE {p}_tasks SET {sets} WHERE id = %s"
         job_sets = ", ".join(f"{c} = %s" for c in JOB_COLS.split(", ")[2:])
         self.update_job = f"UPDATE {p}_jobs SET {job_sets} WHERE task_id = %s AND ref = %s"
         self.upsert_job = (
-            f"INSERT INTO {p}_jobs (task_id, {JOB_COLS}) VALUES ({', '.join(['%s'] * 12)}) "
+            f"INSERT INTO {p}_jobs (task_id, {JOB_COLS}) VALUES ({', '.join(['%s'] * 13)}) "
             f"ON CONFLICT (task_id, ref) DO UPDATE SET spec = EXCLUDED.spec, "
             + ", ".join(f"{c} = EXCLUDED.{c}" for c in JOB_COLS.split(", ")[2:])
         )
         self.insert_jobs = (
-            f"INSERT INTO {p}_jobs (task_id, ref, spec, state) "
-            f"SELECT %s, r, s, 'pending' FROM unnest(%s::text[], %s::text[]) AS u(r, s)"
+            f"INSERT INTO {p}_jobs (task_id, ref, spec, state, more) "
+            f"SELECT %s, r, s, 'pending', m FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(r, s, m)"
         )
         self.jobs_all = f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s ORDER BY ref"
         self.jobs_in = f"SELECT {JOB_COLS} FROM {p}_jobs WHERE task_id = %s AND state IN ({{states}}) ORDER BY ref"
@@ -132,6 +170,16 @@ class Sql:
         self.add_rejected = f"INSERT INTO {p}_rejected (raw, reason, at) VALUES (%s, %s, %s)"
         self.cap_rejected = f"DELETE FROM {p}_rejected WHERE id <= (SELECT max(id) FROM {p}_rejected) - %s"
         self.rejected = f"SELECT raw, reason, at FROM {p}_rejected ORDER BY id DESC LIMIT %s"
+        # Queue rows (the dispatch redesign's scheduling rows): a transition that reads one locks
+        # it; a row not there yet is made first (empty data: none yet), so that two transitions
+        # creating it at once take turns instead of one overwriting the other.
+        self.lock_queue = f"INSERT INTO {p}_queues (name, data) VALUES (%s, '') ON CONFLICT (name) DO NOTHING"
+        self.lock_queue_read = f"SELECT data FROM {p}_queues WHERE name = %s FOR UPDATE"
+        self.get_queue = f"SELECT data FROM {p}_queues WHERE name = %s"
+        self.put_queue = (
+            f"INSERT INTO {p}_queues (name, data) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data"
+        )
+        self.queue_names = f"SELECT name FROM {p}_queues WHERE data <> '' ORDER BY name"
         # Retention: only ended tasks have an expiry, and a task some transaction holds is left
         # for the next pass: the delete never waits for (nor blocks) a running task.
         self.purge = (
@@ -163,7 +211,9 @@ class PgTxn(Txn):
         self.specs_seen: dict[tuple[str, str], str] = {}  # spec as stored, to leave it out of updates
         self.task_writes: dict[str, bool] = {}  # task id -> new
         self.job_writes: dict[tuple[str, str], bool] = {}
-        self.new_jobs: list[tuple[str, list[str], list[str]]] = []
+        self.new_jobs: list[tuple[str, list[str], list[str], list[str | None]]] = []
+        self.queues_seen: dict[str, Any] = {}
+        self.queue_writes: set[str] = set()
         self.max_rejected: int = store.max_rejected
 
     # -- exchanges -------------------------------------------------------------------------
@@ -227,23 +277,26 @@ class PgTxn(Txn):
             assert row is not None
             values = _task_values(row)
             out.append((self.sql.insert_task, values) if new else (self.sql.update_task, (*values[1:], tid)))
-        for tid, refs, specs in self.new_jobs:
-            out.append((self.sql.insert_jobs, (tid, refs, specs)))
+        for tid, refs, specs, mores in self.new_jobs:
+            out.append((self.sql.insert_jobs, (tid, refs, specs, mores)))
         for key, new in self.job_writes.items():
             j = self.jobs_seen[key]
             assert j is not None
             rest = (
                 j.state.value, j.attempt, j.fails, j.lost, j.due_at, json.dumps(j.error) if j.error else None,
-                j.result, j.started_at, j.finished_at,
+                j.result, j.started_at, j.finished_at, more(j, _JOB_MORE),
             )
             if not new and self.specs_seen.get(key) == j.spec:
                 out.append((self.sql.update_job, (*rest, *key)))
             else:
                 out.append((self.sql.upsert_job, (key[0], key[1], enc(j.spec), *rest)))
                 self.specs_seen[key] = j.spec
+        for name in sorted(self.queue_writes):
+            out.append((self.sql.put_queue, (name, json.dumps(self.queues_seen[name].to_dict()))))
         self.task_writes = {}
         self.job_writes = {}
         self.new_jobs = []
+        self.queue_writes = set()
         return out
 
     def _send_writes(self) -> None:
@@ -270,7 +323,8 @@ class PgTxn(Txn):
         self.job_writes[key] = new or self.job_writes.get(key, False)
 
     def put_jobs_new(self, task_id: str, rows: Sequence[JobRow]) -> None:
-        self.new_jobs.append((task_id, [r.ref for r in rows], [enc(r.spec) or "" for r in rows]))
+        self.new_jobs.append((task_id, [r.ref for r in rows], [enc(r.spec) or "" for r in rows],
+                              [more(r, _JOB_MORE) for r in rows]))
         for r in rows:
             self.jobs_seen[(task_id, r.ref)] = r
             self.specs_seen[(task_id, r.ref)] = r.spec
@@ -325,6 +379,27 @@ class PgTxn(Txn):
         for key in [k for k in self.jobs_seen if k[0] == task_id]:
             self.jobs_seen[key] = None
         return cur.rowcount > 0
+
+    def get_queue(self, name: str) -> Any:
+        """The scheduling row of a queue (``multistep_core.fairshare.QueueRow``), locked in a
+        transition; None if there is none."""
+        if name not in self.queues_seen:
+            if self.locking:
+                _, cur = self.exchange([(self.sql.lock_queue, (name,)), (self.sql.lock_queue_read, (name,))])
+            else:
+                (cur,) = self.exchange([(self.sql.get_queue, (name,))])
+            r = cur.fetchone()
+            self.queues_seen[name] = _queue_row().from_dict(json.loads(r[0])) if r and r[0] else None
+        return self.queues_seen[name]
+
+    def put_queue(self, row: Any) -> None:
+        self.queues_seen[row.name] = row
+        self.queue_writes.add(row.name)
+
+    def queues(self) -> list[str]:
+        self._send_writes()
+        (cur,) = self.exchange([(self.sql.queue_names, ())])
+        return [r[0] for r in cur.fetchall()]
 
     def add_rejected(self, item: Rejected) -> None:
         self.queued.append((self.sql.add_rejected, (enc(item.raw), enc(item.reason), item.at)))
