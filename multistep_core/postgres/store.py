@@ -367,6 +367,23 @@ class PostgresStore(RowStore):
             woken.wait(timeout)
 
 
+def _retried(name: str) -> Callable[..., Any]:
+    def method(self: PostgresStore, *args: Any, **kwargs: Any) -> Any:
+        return self._run(getattr(super(PostgresStore, self), name), *args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = getattr(RowStore, name).__doc__
+    return method
+
+
+# A transition RowStore gains that this class does not name (yet) is retried all the same (as a
+# transition: its task rows locked; a new read would only lock more than it needs).
+for _name in dir(RowStore):
+    if not _name.startswith("_") and _name not in ("transaction", "close") and _name not in vars(PostgresStore) \
+            and callable(getattr(RowStore, _name)):
+        setattr(PostgresStore, _name, _retried(_name))
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, _Retry):
         return str(exc)
