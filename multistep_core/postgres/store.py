@@ -72,6 +72,7 @@ class PostgresStore(RowStore):
         self.retry_for = float(retry_for)
         self.max_rejected = max_rejected
         self.purge_batch = 1000  # expired tasks deleted per recovery pass, at most
+        self.queue_rows = False  # queue scheduling rows in use: lock a task's before the task (txn.py)
         self.round_trips = 0  # exchanges with the server so far (for tests and benchmarks)
         self._count_lock = threading.Lock()
         self._local = _Local()

@@ -175,6 +175,12 @@ class Sql:
         # creating it at once take turns instead of one overwriting the other.
         self.lock_queue = f"INSERT INTO {p}_queues (name, data) VALUES (%s, '') ON CONFLICT (name) DO NOTHING"
         self.lock_queue_read = f"SELECT data FROM {p}_queues WHERE name = %s FOR UPDATE"
+        # ... and the queue row of a task, before the task's own row: every transition that takes
+        # both then takes them in one order (queue, task), so that none waits for the other
+        self.lock_task_queue = (
+            f"SELECT name, data FROM {p}_queues WHERE name = "
+            f"(SELECT options::json->>'queue' FROM {p}_tasks WHERE id = %s) FOR UPDATE"
+        )
         self.get_queue = f"SELECT data FROM {p}_queues WHERE name = %s"
         self.put_queue = (
             f"INSERT INTO {p}_queues (name, data) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data"
@@ -240,6 +246,9 @@ class PgTxn(Txn):
             refs = list(dict.fromkeys([*refs, *self.hint[1]]))
         stmts: list[Stmt] = []
         want_task = task_id not in self.tasks_seen
+        queue_first = want_task and self.locking and self.store.queue_rows and not self.tasks_seen
+        if queue_first:
+            stmts.append((self.sql.lock_task_queue, (task_id,)))
         if want_task:
             stmts.append((self.sql.lock_task if self.locking else self.sql.get_task, (task_id,)))
         refs = [r for r in refs if (task_id, r) not in self.jobs_seen]
@@ -250,10 +259,13 @@ class PgTxn(Txn):
         if not stmts:
             return
         curs = self.exchange(stmts)
+        if queue_first:
+            for name, data in curs.pop(0).fetchall():
+                self.queues_seen.setdefault(name, _queue_row().from_dict(json.loads(data)) if data else None)
         if want_task:
             r = curs[0].fetchone()
             self.tasks_seen[task_id] = None if r is None else task_from(r)
-        if len(stmts) > int(want_task):
+        if len(stmts) > int(want_task) + int(queue_first):
             for ref in refs:
                 self.jobs_seen[(task_id, ref)] = None
             for r in curs[-1].fetchall():
@@ -383,6 +395,7 @@ class PgTxn(Txn):
     def get_queue(self, name: str) -> Any:
         """The scheduling row of a queue (``multistep_core.fairshare.QueueRow``), locked in a
         transition; None if there is none."""
+        self.store.queue_rows = True  # from now on, transitions lock their task's queue row first
         if name not in self.queues_seen:
             if self.locking:
                 _, cur = self.exchange([(self.sql.lock_queue, (name,)), (self.sql.lock_queue_read, (name,))])
