@@ -48,7 +48,7 @@ def store_from_url(store_url: str, *, prefix: str, lease: float, probe: bool = T
         return SQLiteStore(sqlite_path(store_url), lease=lease)
     if store_url.startswith(("postgresql://", "postgres://")):
         try:
-            from ..postgres import PostgresStore
+            from ..postgres.store import PostgresStore
         except ImportError as exc:
             raise BackendDriverMissing(
                 f'the PostgreSQL store needs psycopg 3: pip install "multistep[postgres]" ({exc})'

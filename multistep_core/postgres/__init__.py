@@ -18,21 +18,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .factory import postgres_backend
     from .store import DEFAULT_URL, PostgresStore
 
-__all__ = ["DEFAULT_URL", "PostgresStore", "postgres_backend"]
+__all__ = ["DEFAULT_URL", "PostgresStore"]
 
 
 def __getattr__(name: str) -> Any:
     """psycopg is imported when the store is first used, not with the package (``multistep db``
-    lives here too, and the core runs without psycopg)."""
+    lives here too, and the core runs without psycopg). The backend factory is
+    :func:`multistep_core.postgres.factory.postgres_backend`."""
     if name in ("DEFAULT_URL", "PostgresStore"):
         from . import store
 
         return getattr(store, name)
-    if name == "postgres_backend":
-        from .factory import postgres_backend
-
-        return postgres_backend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
