@@ -379,6 +379,38 @@ def test_a_dropped_connection_is_replaced_without_an_error(store: PostgresStore,
     assert p is not None and p.total == 1
 
 
+@pytest.mark.parametrize("when", ["before the commit", "after the commit"])
+def test_a_commit_cut_off_is_applied_once(store: PostgresStore, postgres_service: str, when: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection breaks during the exchange that carries COMMIT: before the server ran it
+    (the transition is run again), or after (the answer lost: txid_status says it committed,
+    and the transition is not run again). Either way the jobs are added once."""
+    from multistep_core.postgres import txn
+
+    store.create_task("cut", TaskOptions(), time.time())
+    real = txn.PgTxn.exchange
+    cut: list[str] = []
+
+    def exchange(self: txn.PgTxn, stmts: Any) -> Any:
+        if not stmts or stmts[-1][0] != "COMMIT" or cut:
+            return real(self, stmts)
+        cut.append(when)
+        if when == "before the commit":  # the server goes away first
+            with psycopg.connect(postgres_service, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (self.conn.info.backend_pid,))
+            return real(self, stmts)
+        real(self, stmts)  # committed; then the answer is lost
+        self.conn.close()
+        raise psycopg.OperationalError("the connection broke before the answer to COMMIT arrived")
+
+    monkeypatch.setattr(txn.PgTxn, "exchange", exchange)
+    assert store.add_jobs("cut", "j", [SPEC], time.time()) == ["j0"]
+    assert cut == [when]
+    p = store.progress("cut")
+    assert p is not None and p.total == 1
+    assert store.job_states("cut") == {"j0": "pending"}
+
+
 def _pg_ctl() -> list[str]:
     exe = shutil.which("pg_ctlcluster")
     versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
