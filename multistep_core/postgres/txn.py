@@ -203,12 +203,13 @@ class PgTxn(Txn):
     will read first."""
 
     def __init__(self, store: Any, conn: psycopg.Connection[Any], *, locking: bool,
-                 hint: tuple[str, Sequence[str]] | None = None) -> None:
+                 hint: tuple[str, Sequence[str]] | None = None, track: bool = True) -> None:
         self.store = store
         self.sql: Sql = store.sql
         self.conn = conn
         self.locking = locking
         self.hint = hint
+        self.track = track  # read the transaction's id in the first batch
         self.began = False  # BEGIN sent
         self.xid: int | None = None  # this transaction's id, to learn a lost commit's outcome
         self.queued: list[Stmt] = []  # statements that go out with the next exchange
@@ -227,7 +228,7 @@ class PgTxn(Txn):
         """Send the queued statements and ``stmts`` in one round trip; the cursors of ``stmts``."""
         head: list[Stmt] = []
         if self.locking and not self.began:
-            head = [("BEGIN", ()), ("SELECT txid_current()", ())]
+            head = [("BEGIN", ()), ("SELECT txid_current()", ())] if self.track else [("BEGIN", ())]
         batch = [*head, *self.queued, *stmts]
         self.queued = []
         self.store.count_round_trip()
@@ -236,8 +237,9 @@ class PgTxn(Txn):
             curs = [conn.execute(q, p, prepare=True) if p else conn.execute(q) for q, p in batch]
         if head:
             self.began = True
-            row = curs[1].fetchone()
-            self.xid = int(row[0]) if row else None
+            if self.track:
+                row = curs[1].fetchone()
+                self.xid = int(row[0]) if row else None
         return curs[len(batch) - len(stmts):]
 
     def _lock_and_read(self, task_id: str, refs: Sequence[str]) -> None:
