@@ -51,10 +51,11 @@ from .model import (
 from .queue import Queue, SupportsWorkers
 from .registry import check_json, make_spec
 from .runner import Recovery, Runner
-from .store import Store
+from .store import Store, SupportsWaitChanged
 
 ADD_CHUNK = 2000  # jobs per store call and per bulk enqueue when adding many
 _PLAIN_JSON = (int, str, bool, type(None))  # exact types check_json accepts as they are
+NOTIFY_BACKSTOP = 2.0  # seconds Task.wait reads again when its store notifies (a lost notification costs this)
 
 
 def _who() -> str:
@@ -337,7 +338,9 @@ class Task:
     def wait(self, timeout: float | None = None, *, poll: float = 0.02, raise_on_failure: bool = False) -> Progress:
         """Block until the task is succeeded, failed or cancelled; return its progress.
         Raises :class:`WaitTimeout` after ``timeout`` seconds, and :class:`TaskFailed` at a
-        failed or cancelled end when ``raise_on_failure`` is set."""
+        failed or cancelled end when ``raise_on_failure`` is set. ``poll``: seconds between
+        reads; with a store that notifies the end (PostgreSQL) the wait is woken by it, and
+        reads again after ``max(poll, NOTIFY_BACKSTOP)`` seconds without one."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = min(poll, 0.005)
         while True:
@@ -350,6 +353,10 @@ class Task:
                 return p
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(wait_timeout_message(self.backend, p, timeout))
+            if isinstance(self.backend.store, SupportsWaitChanged):  # woken when the task ends
+                left = NOTIFY_BACKSTOP if deadline is None else deadline - time.monotonic()
+                self.backend.store.wait_changed(self.id, max(0.0, min(max(poll, NOTIFY_BACKSTOP), left)))
+                continue
             time.sleep(delay)
             delay = min(delay * 2, poll)
 

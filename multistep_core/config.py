@@ -53,6 +53,8 @@ ALIASES: dict[str, tuple[str, str | None]] = {
     "eager": ("multistep_core.embedded.factory:eager_backend", None),
     "sqlite": ("multistep_core.embedded.factory:sqlite_backend", None),
     "redis": ("multistep_core.embedded.factory:redis_backend", "redis"),
+    "postgresql": ("multistep_core.postgres.factory:postgres_backend", "postgres"),
+    "postgres": ("multistep_core.postgres.factory:postgres_backend", "postgres"),
     "rq": ("multistep_rq:backend_from_url", "rq"),
     "celery": ("multistep_celery:backend_from_url", "celery"),
     "dramatiq": ("multistep_dramatiq:backend_from_url", "dramatiq"),

@@ -24,7 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import InvalidJob, InvalidTransition, TaskExists, TaskNotFound
 from .history import failure_history, retried_failure, retry_refused, with_history
@@ -181,6 +181,15 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+@runtime_checkable
+class SupportsWaitChanged(Protocol):
+    """A store that can tell a waiter when a task ends (PostgreSQL's LISTEN/NOTIFY), so that
+    ``Task.wait`` sleeps instead of polling."""
+
+    def wait_changed(self, task_id: str, timeout: float) -> None:
+        """Return when the task may have ended, or after ``timeout`` seconds."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -96,6 +96,30 @@ def rabbitmq_service(request: pytest.FixtureRequest) -> None:
     _service(request, "RabbitMQ", "127.0.0.1", 5672, "rabbitmq")
 
 
+@pytest.fixture(scope="session")
+def postgres_service() -> str:
+    """The URL of the tests' PostgreSQL database, dropped and created afresh once per session
+    (UTF8); skipped (failed under CI) when the server is down or psycopg is not installed."""
+    from urllib.parse import urlsplit
+
+    from services import POSTGRES_URL
+
+    parts = urlsplit(POSTGRES_URL)
+    require_service("PostgreSQL", parts.hostname or "127.0.0.1", parts.port or 5432)
+    try:
+        import psycopg
+    except ImportError:
+        if CI:
+            pytest.fail('psycopg is not installed (CI is set): pip install "multistep[postgres]"', pytrace=False)
+        pytest.skip('psycopg is not installed: pip install "multistep[postgres]"')
+    name = parts.path.lstrip("/")
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0")
+    return POSTGRES_URL
+
+
 @pytest.fixture
 def evicting_redis(tmp_path: Path) -> Iterator[str]:
     """The URL of a throwaway Redis server (its own process, a free loopback port, no

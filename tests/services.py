@@ -29,3 +29,6 @@ def require_module(name: str) -> object:
         if CI:
             pytest.fail(f"{msg} (CI is set: a missing library fails the run)", pytrace=False)
         pytest.skip(msg, allow_module_level=True)
+#: The PostgreSQL database the tests use (created afresh, and dropped first, by the session's
+#: ``postgres_service`` fixture; each test class keeps its own table prefix).
+POSTGRES_URL = os.environ.get("MULTISTEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/multistep_test_pg")

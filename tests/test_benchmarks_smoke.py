@@ -103,3 +103,22 @@ def test_table_from_old_results_file() -> None:
     # the rq row of the summary table, as in docs/benchmarks.md
     assert "| rq | 6.58 | 7.53 (native at N=1000) | 1.03 | 1.18 | 96.8 | 0.39 | 38834 |" in shown.stdout
     assert "| dramatiq-amqp | 1000000 | 22.88 | 43715 |" in shown.stdout
+
+
+@pytest.mark.timeout(180)
+def test_stores_benchmark_smoke(postgres_service: str) -> None:
+    """benchmarks.stores at a tiny size: one record per store, every figure present."""
+    _redis_or_skip()
+    pytest.importorskip("rq")
+    cmd = [sys.executable, "-m", "benchmarks.stores", "-q", "rq", "-n", "40", "--tps-tasks", "2", "--tps-jobs", "10",
+           "--per-message", "4", "--redis", REDIS, "--postgres", postgres_service, "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert [r["store"] for r in rows] == ["redis", "postgresql"]
+    for r in rows:
+        assert r["final_states"] == ["succeeded"] and r["runs_finished"] == "1/1"
+        assert r["fanin_jobs_per_s"] > 0 and r["transitions_per_s"] > 0 and r["transitions"] == 40
+        assert r["states_after"] == ["finalizing"]  # every job finished; the finalizer was not run
+        assert r["bytes_per_job_finished"] > 0
+    assert rows[1]["disk_bytes_per_job"] > 0 and rows[1]["wal_bytes_per_job"] > 0

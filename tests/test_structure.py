@@ -14,7 +14,8 @@ CORE = Path(__file__).resolve().parent.parent / "multistep_core"
 
 # The stores decide and never talk to a queue: no store module imports these.
 QUEUE_SIDE = ("backend", "runner", "queue", "config", "kit", "cli", "demo", "embedded.threads", "embedded.factory")
-STORES = ("store", "embedded.memory", "embedded.sqlite", "redis")
+STORES = ("store", "embedded.memory", "embedded.sqlite", "redis", "postgres.store", "postgres.txn", "postgres.schema",
+          "postgres.notify")
 
 
 def _modules() -> dict[str, Path]:

@@ -44,6 +44,11 @@ from .metrics import metrics as _metrics  # noqa: E402
 
 cli.add_command(_metrics)
 
+# db: the PostgreSQL store's schema (multistep_core/postgres/commands.py)
+from ..postgres.commands import db as _db  # noqa: E402
+
+cli.add_command(_db)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""

@@ -32,7 +32,8 @@ def store_url(adapter: str, kind: str, broker: str, store: str | None) -> str:
 def store_from_url(store_url: str, *, prefix: str, lease: float, probe: bool = True) -> Any:
     """The store a ``store=`` option names: ``redis://``, ``rediss://``, ``unix://`` (the Redis
     store; checked with :func:`probe_redis` first unless ``probe`` is false, e.g. because it is
-    the broker's Redis, checked already) or ``sqlite:///path`` (the SQLite store)."""
+    the broker's Redis, checked already), ``sqlite:///path`` (the SQLite store) or
+    ``postgresql://`` (the PostgreSQL store; checked as it connects)."""
     if store_url.startswith(("redis://", "rediss://", "unix://")):
         try:
             from ..redis import RedisStore
@@ -45,4 +46,14 @@ def store_from_url(store_url: str, *, prefix: str, lease: float, probe: bool = T
         from ..embedded.sqlite import SQLiteStore
 
         return SQLiteStore(sqlite_path(store_url), lease=lease)
-    raise ConfigurationError(f"store must be a redis:// or sqlite:/// URL, not {redact_url(store_url)!r}")
+    if store_url.startswith(("postgresql://", "postgres://")):
+        try:
+            from ..postgres.store import PostgresStore
+        except ImportError as exc:
+            raise BackendDriverMissing(
+                f'the PostgreSQL store needs psycopg 3: pip install "multistep[postgres]" ({exc})'
+            ) from exc
+        return PostgresStore(store_url, prefix=prefix, lease=lease)
+    raise ConfigurationError(
+        f"store must be a redis://, sqlite:/// or postgresql:// URL, not {redact_url(store_url)!r}"
+    )
