@@ -35,7 +35,7 @@ from .model import (
     CALLBACK,
     FINALIZER,
     JOB,
-    MAX_REFS_PER_MESSAGE,
+    MAX_PER_MESSAGE,
     Dispatch,
     Failure,
     Policy,
@@ -43,7 +43,6 @@ from .model import (
     Rejected,
     TaskOptions,
     TaskState,
-    encode_messages,
     validate_task_id,
 )
 from .queue import Queue, SupportsWorkers
@@ -94,6 +93,10 @@ class Backend:
         retention: float = 7 * 24 * 3600.0,
         queue: str = "default",
         on_failure: Callable[..., Any] | str | None = None,
+        group: str = "",
+        weight: float = 1.0,
+        max_concurrency: int = 0,
+        group_max_concurrency: int = 0,
     ) -> Task:
         """Create an open task. Use it as a context manager: it is sealed when the block
         ends cleanly and cancelled if the block raises.
@@ -103,6 +106,12 @@ class Backend:
         seconds up to ``backoff_max``. ``keep_results``: keep each job's return value
         (JSON) for the finalizers. ``retention``: seconds a finished task is kept.
         ``on_failure``: a registered job run once each time the task becomes failed.
+
+        Fair share (docs/fairness.md): the tasks of a queue share its workers; ``group``
+        puts tasks under one share (a tenant, a team), ``weight`` is the task's share relative
+        to the others of its group (or of the queue, with no group), ``max_concurrency`` caps
+        the task's running jobs over all workers and ``group_max_concurrency`` the group's
+        (0 = no cap).
         """
         if task_id is None:
             task_id = f"task-{os.urandom(8).hex()}"
@@ -121,6 +130,10 @@ class Backend:
                 keep_results=keep_results,
                 retention=retention,
                 queue=queue,
+                group=group,
+                weight=weight,
+                max_concurrency=max_concurrency,
+                group_max_concurrency=group_max_concurrency,
             )
         except ValueError as exc:
             raise InvalidJob(str(exc)) from None
@@ -150,11 +163,11 @@ class Backend:
         return self.store.rejected(limit)
 
     # -- plumbing --------------------------------------------------------------------
-    def dispatch(self, d: Dispatch, per_message: int = 1) -> None:
-        """Enqueue the messages a transition asked for (up to ``per_message`` refs each)."""
-        if not d.refs:
+    def dispatch(self, d: Dispatch) -> None:
+        """Enqueue the messages a transition asked for (tickets and follow-up refs)."""
+        if not d:
             return
-        msgs = encode_messages(d.task_id, d.refs, per_message)
+        msgs = d.messages()
         for i in range(0, len(msgs), ADD_CHUNK):
             self.queue.enqueue(d.queue, msgs[i : i + ADD_CHUNK])
 
@@ -163,7 +176,7 @@ class Backend:
         sent = 0
         for d in self.store.claim_due(time.time() if now is None else now):
             self.dispatch(d)
-            sent += len(d.refs)
+            sent += len(d.refs) + len(d.tickets)
         return sent
 
     def run_worker(self, modules: Sequence[str] = (), queues: Sequence[str] = ("default",), concurrency: int = 2) -> int:
@@ -234,13 +247,14 @@ class Task:
         An item that is a list or tuple is spread as positional arguments; anything else
         is passed as the single argument.
 
-        ``per_message`` > 1 (at most 64) sends up to that many jobs in one queue message; the
-        worker that receives it runs them one after another, with one store round trip per
-        job instead of two and a fraction of the queue's own per-message cost. Use it for many
-        short jobs; it lowers parallelism when jobs are few or long (a message's jobs never
-        run on two workers at once). Counting, retries, leases and recovery stay per job."""
-        if not isinstance(per_message, int) or isinstance(per_message, bool) or not 1 <= per_message <= MAX_REFS_PER_MESSAGE:
-            raise InvalidJob(f"per_message must be an integer from 1 to {MAX_REFS_PER_MESSAGE}, not {per_message!r}")
+        ``per_message`` > 1 (at most 64) lets the worker that takes a ticket of this task run
+        up to that many of its jobs one after another, with one store round trip per job
+        instead of two and a fraction of the queue's own per-message cost. Use it for many
+        short jobs; it lowers parallelism when jobs are few or long. Counting, retries, leases
+        and recovery stay per job, and the jobs a worker has not reached stay in the store for
+        any other worker."""
+        if not isinstance(per_message, int) or isinstance(per_message, bool) or not 1 <= per_message <= MAX_PER_MESSAGE:
+            raise InvalidJob(f"per_message must be an integer from 1 to {MAX_PER_MESSAGE}, not {per_message!r}")
         refs: list[str] = []
         chunk: list[str] = []
         retries = _retries_of(fn)
@@ -273,9 +287,12 @@ class Task:
         self.backend.store.add_jobs(self.id, CALLBACK, [make_spec(fn, args, kwargs).to_json()], time.time())
 
     def _add(self, kind: str, specs: list[str], per_message: int = 1) -> list[str]:
-        refs = self.backend.store.add_jobs(self.id, kind, specs, time.time())
+        store = self.backend.store
+        refs = store.add_jobs(self.id, kind, specs, time.time(), per_message)
         if kind == JOB:
-            self.backend.dispatch(Dispatch(self.id, self.queue, tuple(refs)), per_message)
+            # The jobs wait in the store; the queue gets tickets for them, up to its window.
+            # (Should this process die right here, recovery issues those tickets.)
+            self.backend.dispatch(store.release(self.queue, time.time()))
         return refs
 
     def seal(self) -> None:
