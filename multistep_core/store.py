@@ -802,6 +802,7 @@ class RowStore(Store):
             task.finished_at = None
             task.expires_at = None
             refs: list[str] = []
+            again = 0
             fin_failed = None
             for row in tx.jobs(task_id, [JobState.FAILED, JobState.PENDING, JobState.RETRY_WAIT]):
                 kind, _ = parse_ref(row.ref)
@@ -819,10 +820,11 @@ class RowStore(Store):
                 row.finished_at = None
                 row.due_at = None
                 tx.put_job(task_id, row)
+                again += 1
                 if row.ref not in task.requeue and int(row.ref[1:]) < task.next_job:
-                    refs.append(row.ref)
+                    refs.append(row.ref)  # taken before: back in line (the rest still is)
             refs.sort(key=lambda r: int(r[1:]))
-            if fin_failed is not None and task.waiting == 0 and not refs:
+            if fin_failed is not None and not again:
                 fin_failed.fails = fin_failed.lost = 0
                 fin_failed.error = None
                 fin_failed.finished_at = None

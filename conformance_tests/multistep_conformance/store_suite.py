@@ -55,6 +55,9 @@ class StoreTests:
     def store(cls, request: pytest.FixtureRequest) -> Iterator[Store]:
         url = cls.backend_string or request.config.getoption("--multistep-backend")
         backend = connect(url, lease=LEASE)
+        # The tests call transitions themselves: no recovery thread of this process may hand
+        # their jobs out (it would issue tickets for them and an in-process queue run them).
+        backend.stop_recovery()
         try:
             yield backend.store
         finally:
@@ -373,7 +376,7 @@ class StoreMachine(RuleBasedStateMachine):
             j["fails"] += 1
             if j["fails"] <= t.retries:
                 j["state"] = "pending"
-                expected = [ref]
+                expected = [ref] if kind != "j" else []  # a job goes back in line for a ticket
             else:
                 j["state"] = "failed"
                 if kind == "j":
@@ -416,7 +419,7 @@ class StoreMachine(RuleBasedStateMachine):
             expected = [fin_failed]
         else:
             t.state = "running" if t.sealed else "open"
-            expected = self._advance(t) or refs
+            expected = self._advance(t)  # the jobs are back in line for tickets
         assert sorted(self.store.retry(tid, time.time()).refs) == sorted(expected)
 
     @invariant()
