@@ -60,6 +60,8 @@ class Store(ABC):
     """
 
     lease: float = DEFAULT_LEASE
+    #: tickets per queue in the broker, at most (docs/fairness.md)
+    window: int = DEFAULT_WINDOW
 
     # -- writing ---------------------------------------------------------------------
     @abstractmethod

@@ -22,6 +22,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from multistep_core import InvalidTransition, Store, TaskExists, TaskNotFound, TaskOptions, TaskState, connect
 from multistep_core.model import Failure, Policy
 
+from .fair_suite import FairStoreTests
+
 LEASE = 5.0
 SPEC = '{"fn":"conformance.ping","args":[]}'
 
@@ -45,7 +47,7 @@ def only(dispatches: list[Any], task_id: str) -> list[str]:
     return sorted(r for d in dispatches if d.task_id == task_id for r in d.refs)
 
 
-class StoreTests:
+class StoreTests(FairStoreTests):
     """Override ``backend_string`` (or the ``store`` fixture)."""
 
     backend_string: ClassVar[str | None] = None
