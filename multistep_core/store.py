@@ -512,7 +512,7 @@ class RowStore(Store):
 
     # -- transitions -----------------------------------------------------------------
     def create_task(self, task_id: str, options: TaskOptions, now: float) -> None:
-        with self._txq() as (tx, qs):
+        with self.transaction() as tx:
             old = tx.get_task(task_id)
             if old is not None:
                 if old.expires_at is not None and old.expires_at <= now:
@@ -557,7 +557,7 @@ class RowStore(Store):
             return [r.ref for r in rows]
 
     def release(self, queue: str, now: float) -> Dispatch:
-        with self._txq() as (tx, qs):
+        with self._txq() as (_tx, qs):
             q = qs(queue)
             tickets = q.expired_tickets(now, self.ticket_timeout) + q.top_up(self.window, now)
             return Dispatch("", queue, (), tickets) if tickets else NOTHING
@@ -581,8 +581,8 @@ class RowStore(Store):
             q = qs(queue)
             if q.tickets.pop(ticket, None) is None:
                 return Start(False, "stale-ticket")
-            for key, g in q.order():
-                for task_id in sorted(g.tasks, key=lambda t: (g.tasks[t], t)):
+            for _key, g in q.order():
+                for task_id in sorted(g.tasks, key=lambda t, vts=g.tasks: (vts[t], t)):  # type: ignore[misc]
                     task = tx.get_task(task_id)
                     if task is None or task.state not in (TaskState.OPEN, TaskState.RUNNING):
                         g.tasks.pop(task_id, None)  # pragma: no cover - ended tasks leave the line
