@@ -37,7 +37,7 @@ from .model import (
     CALLBACK,
     FINALIZER,
     JOB,
-    MAX_REFS_PER_MESSAGE,
+    MAX_PER_MESSAGE,
     Dispatch,
     Failure,
     Policy,
@@ -45,7 +45,6 @@ from .model import (
     Rejected,
     TaskOptions,
     TaskState,
-    encode_messages,
     validate_task_id,
 )
 from .queue import Queue, SupportsWorkers
@@ -98,6 +97,10 @@ class Backend:
         retention: float = 7 * 24 * 3600.0,
         queue: str = "default",
         on_failure: Callable[..., Any] | str | tuple[Any, ...] | None = None,
+        group: str = "",
+        weight: float = 1.0,
+        max_concurrency: int = 0,
+        group_max_concurrency: int = 0,
     ) -> Task:
         """Create an open task. Use it as a context manager: it is sealed when the block
         ends cleanly and cancelled if the block raises.
@@ -109,6 +112,12 @@ class Backend:
         ``on_failure``: a registered job run once each time the task becomes failed: the
         function, or a tuple ``(fn, *args)`` to call it with arguments, checked like ``add_job``'s
         (``task.set_failure_callback(fn, *args, **kwargs)`` also takes keyword arguments).
+
+        Fair share (docs/fairness.md): the tasks of a queue share its workers; ``group``
+        puts tasks under one share (a tenant, a team), ``weight`` is the task's share relative
+        to the others of its group (or of the queue, with no group), ``max_concurrency`` caps
+        the task's running jobs over all workers and ``group_max_concurrency`` the group's
+        (0 = no cap).
         """
         if task_id is None:
             task_id = f"task-{os.urandom(8).hex()}"
@@ -128,6 +137,11 @@ class Backend:
                 keep_results=keep_results,
                 retention=retention,
                 queue=queue,
+                group=group,
+                weight=weight,
+                max_concurrency=max_concurrency,
+                group_max_concurrency=group_max_concurrency,
+                trace=observe.creating(self, task_id, queue),
             )
         except ValueError as exc:
             raise InvalidJob(str(exc)) from None
@@ -160,11 +174,11 @@ class Backend:
         return self.store.rejected(limit)
 
     # -- plumbing --------------------------------------------------------------------
-    def dispatch(self, d: Dispatch, per_message: int = 1) -> None:
-        """Enqueue the messages a transition asked for (up to ``per_message`` refs each)."""
-        if not d.refs:
+    def dispatch(self, d: Dispatch) -> None:
+        """Enqueue the messages a transition asked for (tickets and follow-up refs)."""
+        if not d:
             return
-        msgs = encode_messages(d.task_id, d.refs, per_message, observe.trace_members(d.task_id))
+        msgs = d.messages(observe.trace_members(d.task_id) if d.refs else "")
         for i in range(0, len(msgs), ADD_CHUNK):
             self.queue.enqueue(d.queue, msgs[i : i + ADD_CHUNK])
 
@@ -174,7 +188,7 @@ class Backend:
         for d in self.store.claim_due(time.time() if now is None else now):
             self.dispatch(d)
             observe.recovered(self, d)
-            sent += len(d.refs)
+            sent += len(d.refs) + len(d.tickets)
         return sent
 
     def run_worker(self, modules: Sequence[str] = (), queues: Sequence[str] = ("default",), concurrency: int = 2) -> int:
@@ -245,13 +259,14 @@ class Task:
         An item that is a list or tuple is spread as positional arguments; anything else
         is passed as the single argument.
 
-        ``per_message`` > 1 (at most 64) sends up to that many jobs in one queue message; the
-        worker that receives it runs them one after another, with one store round trip per
-        job instead of two and a fraction of the queue's own per-message cost. Use it for many
-        short jobs; it lowers parallelism when jobs are few or long (a message's jobs never
-        run on two workers at once). Counting, retries, leases and recovery stay per job."""
-        if not isinstance(per_message, int) or isinstance(per_message, bool) or not 1 <= per_message <= MAX_REFS_PER_MESSAGE:
-            raise InvalidJob(f"per_message must be an integer from 1 to {MAX_REFS_PER_MESSAGE}, not {per_message!r}")
+        ``per_message`` > 1 (at most 64) lets the worker that takes a ticket of this task run
+        up to that many of its jobs one after another, with one store round trip per job
+        instead of two and a fraction of the queue's own per-message cost. Use it for many
+        short jobs; it lowers parallelism when jobs are few or long. Counting, retries, leases
+        and recovery stay per job, and the jobs a worker has not reached stay in the store for
+        any other worker."""
+        if not isinstance(per_message, int) or isinstance(per_message, bool) or not 1 <= per_message <= MAX_PER_MESSAGE:
+            raise InvalidJob(f"per_message must be an integer from 1 to {MAX_PER_MESSAGE}, not {per_message!r}")
         refs: list[str] = []
         chunk: list[str] = []
         retries = _retries_of(fn)
@@ -287,11 +302,14 @@ class Task:
 
     def _add(self, kind: str, specs: list[str], per_message: int = 1) -> list[str]:
         refuse_main_job(self.backend, specs[0])  # one function per call
-        refs = self.backend.store.add_jobs(self.id, kind, specs, time.time())
+        store = self.backend.store
+        refs = store.add_jobs(self.id, kind, specs, time.time(), per_message)
         observe.adding(self.backend, self.id, self.queue if kind == JOB else self._queue or "", kind, refs)
         if kind == JOB:
+            # The jobs wait in the store; the queue gets tickets for them, up to its window.
+            # (Should this process die right here, recovery issues those tickets.)
             try:
-                self.backend.dispatch(Dispatch(self.id, self.queue, tuple(refs)), per_message)
+                self.backend.dispatch(store.release(self.queue, time.time()))
             finally:
                 observe.sent(self.backend, self.id, self.queue, refs)
         return refs

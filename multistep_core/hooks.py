@@ -148,6 +148,11 @@ ALL: tuple[Signal, ...] = (
 #: that :meth:`Backend.dispatch` writes into each message. Set by :mod:`multistep_core.otel`.
 trace_context: Callable[[str], tuple[str | None, str | None]] | None = None
 
+#: Called by :meth:`Backend.create_task` before the task is stored, with ``backend``, ``task_id``
+#: and ``queue``: returns the traceparent of the task's create span (kept with the task, so a job a
+#: worker takes by ticket joins its task's trace), or None. Set by :mod:`multistep_core.otel`.
+trace_create: Callable[..., str | None] | None = None
+
 KINDS = {"j": "job", "f": "finalizer", "x": "callback"}
 
 
@@ -157,6 +162,10 @@ def skip_reason(detail: str) -> str:
         return "duplicate"
     if detail == "retry-not-due":
         return "retry-not-due"
+    if detail == "stale-ticket":
+        return "duplicate"  # a ticket taken already (a redelivery or a copy)
+    if detail in ("capped", "no-work", "batch-done"):
+        return "no-work"
     if detail == "task-cancelled":
         return "cancelled"
     if detail in ("task-finalizing", "task-open", "task-running"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -160,6 +159,12 @@ class TaskOptions:
     keep_results: bool = False
     retention: float = 7 * 24 * 3600.0  # seconds a finished task is kept
     queue: str = "default"
+    # fair share (docs/fairness.md): the task's share of its queue, and caps on running jobs
+    group: str = ""  # tasks of one group share one share of the queue; "" = a group of its own
+    weight: float = 1.0  # share relative to the other tasks of the group (of the queue, if no group)
+    max_concurrency: int = 0  # running jobs of this task at any moment, over all workers; 0 = no cap
+    group_max_concurrency: int = 0  # running jobs of the whole group; 0 = no cap (the latest task sets it)
+    trace: str = ""  # W3C traceparent of the span that created the task, when tracing (multistep_core.otel)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", Policy(self.policy))
@@ -173,6 +178,21 @@ class TaskOptions:
             raise ValueError("retention must not be negative")
         if not isinstance(self.queue, str) or not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.queue):
             raise ValueError(f"queue name {self.queue!r} must be 1-64 letters, digits, . _ -")
+        if not isinstance(self.group, str) or (self.group and not _TASK_ID_RE.match(self.group)):
+            raise ValueError(
+                f"group {self.group!r} must be up to 128 letters, digits and . _ @ : - "
+                "(starting with a letter or digit), or empty for a group of its own"
+            )
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1e6 or w != w:
+            raise ValueError(f"weight must be a number above 0 (1 = an equal share), not {w!r}")
+        object.__setattr__(self, "weight", float(w))
+        if self.trace and not (isinstance(self.trace, str) and _TRACEPARENT.match(self.trace)):
+            raise ValueError(f"trace must be a W3C traceparent or empty, not {self.trace!r}")
+        for name in ("max_concurrency", "group_max_concurrency"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a whole number >= 0 (0 = no cap), not {v!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -279,15 +299,28 @@ class Progress:
 
 @dataclass(frozen=True)
 class Dispatch:
-    """Messages a transition asks the caller to enqueue (``delay`` seconds from now)."""
+    """Messages a transition asks the caller to enqueue: ``refs`` of one task (a finalizer,
+    the failure callback) and ``tickets`` of one queue (each a message that lets a worker
+    take a job of that queue: see docs/fairness.md)."""
 
     task_id: str = ""
     queue: str = "default"
     refs: tuple[str, ...] = ()
-    delay: float = 0.0
+    tickets: tuple[int, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.refs)
+        return bool(self.refs or self.tickets)
+
+    def messages(self, trace: str = "") -> list[str]:
+        """The message bodies to enqueue on ``queue``, tickets first. ``trace``: optional members
+        (``,"tp":"00-…"``, ``,"tl":"00-…"``: W3C traceparents, see :mod:`multistep_core.otel`)
+        appended to the messages naming a ref (a ticket belongs to no task: the worker takes the
+        task's trace from the task itself); their size does not depend on the task's."""
+        out = [encode_ticket(self.queue, t) for t in self.tickets]
+        for r in self.refs:
+            m = encode_message(self.task_id, r)
+            out.append(m[:-1] + trace + "}" if trace else m)
+        return out
 
 
 NOTHING = Dispatch()
@@ -302,6 +335,9 @@ class Start:
     spec: str = ""  # the job's spec as stored (JSON text)
     attempt: int = 0
     keep_results: bool = False
+    task_id: str = ""  # which job was started (a ticket names none until the store picks one)
+    ref: str = ""
+    batch: int = 1  # jobs of this task the worker may run on this message (``per_message``)
 
 
 @dataclass(frozen=True)
@@ -317,8 +353,7 @@ class Rejected:
 
 MESSAGE_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
-MAX_REFS_PER_MESSAGE = 64
-_PLAIN_REF = re.compile(r"[jfx][0-9]+\Z")
+MAX_PER_MESSAGE = 64  # jobs a worker may run on one ticket
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 
 
@@ -333,41 +368,43 @@ def encode_message(task_id: str, ref: str) -> str:
     return f'{{"v":{MESSAGE_VERSION},"task":{json.dumps(task_id)},"ref":{json.dumps(ref)}}}'
 
 
-def encode_messages(task_id: str, refs: Sequence[str], per_message: int = 1, trace: str = "") -> list[str]:
-    """Messages for ``refs``: one per ref, or with ``per_message`` > 1 up to that many refs
-    per message (``{"v":1,"task":"T","refs":["j0","j1",...]}``), which a worker runs one
-    after another. ``trace``: optional members (``,"tp":"00-…"``, ``,"tl":"00-…"``: W3C
-    traceparents of the parent span and of a linked span, see :mod:`multistep_core.otel`)
-    appended to each message; their size does not depend on the task's."""
-    if trace:
-        return [m[:-1] + trace + "}" for m in encode_messages(task_id, refs, per_message)]
-    if per_message <= 1:
-        head = f'{{"v":{MESSAGE_VERSION},"task":{json.dumps(task_id)},"ref":"'
-        return [f'{head}{r}"}}' if _PLAIN_REF.match(r) else encode_message(task_id, r) for r in refs]
-    k = min(int(per_message), MAX_REFS_PER_MESSAGE)
-    head = f'{{"v":{MESSAGE_VERSION},"task":{json.dumps(task_id)},"refs":'
-    out = []
-    for i in range(0, len(refs), k):
-        part = refs[i : i + k]
-        if len(part) == 1:
-            out.append(encode_message(task_id, part[0]))
-        else:
-            out.append(head + json.dumps(list(part), separators=(",", ":")) + "}")
-    return out
+def encode_ticket(queue: str, ticket: int) -> str:
+    """A ticket: "take the next job of ``queue``" (the store picks which, fairly). Its size
+    never depends on any task's size."""
+    return f'{{"v":{MESSAGE_VERSION},"queue":{json.dumps(queue)},"ticket":{int(ticket)}}}'
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message: a ticket (``queue`` and ``ticket``) or one job ref of a task."""
+
+    task_id: str = ""
+    ref: str = ""
+    queue: str = ""
+    ticket: int = 0
+    tp: str = ""  # optional W3C traceparents (see multistep_core.otel): the sending span,
+    tl: str = ""  # and a linked one
+
+    @property
+    def is_ticket(self) -> bool:
+        return bool(self.queue)
 
 
 def decode_message(raw: object) -> tuple[str, str]:
-    """Return ``(task_id, ref)`` of a one-job message or raise :class:`InvalidMessage` naming what is
-    wrong (a message carrying several refs is refused here: see :func:`decode_refs`)."""
-    task_id, refs = decode_refs(raw)
-    if len(refs) != 1:
-        raise InvalidMessage(f"message carries {len(refs)} job refs, expected one")
-    return task_id, refs[0]
+    """Return ``(task_id, ref)`` of a one-job message or raise :class:`InvalidMessage` naming
+    what is wrong (a ticket is refused here: see :func:`decode`)."""
+    m = decode(raw)
+    if m.is_ticket:
+        raise InvalidMessage("message is a ticket, not a job ref")
+    return m.task_id, m.ref
 
 
-def decode_refs(raw: object) -> tuple[str, tuple[str, ...]]:
-    """Return ``(task_id, refs)`` of a message carrying one ref (``"ref"``) or several
-    (``"refs"``: 1 to MAX_REFS_PER_MESSAGE distinct refs), or raise :class:`InvalidMessage`."""
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def decode(raw: object) -> Message:
+    """Decode a ticket (``{"v":1,"queue":Q,"ticket":N}``) or a job message
+    (``{"v":1,"task":T,"ref":R}``), or raise :class:`InvalidMessage` naming what is wrong."""
     if isinstance(raw, (bytes, bytearray)):
         if len(raw) > MAX_MESSAGE_BYTES:
             raise InvalidMessage(f"message is {len(raw)} bytes; multistep messages are small")
@@ -384,30 +421,28 @@ def decode_refs(raw: object) -> tuple[str, tuple[str, ...]]:
             raise InvalidMessage(f"message is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise InvalidMessage(f"message must be a JSON object, not {type(raw).__name__}")
-    extra = sorted(set(raw) - {"v", "task", "ref", "refs", "tp", "tl"})
+    extra = sorted(set(raw) - {"v", "task", "ref", "queue", "ticket", "tp", "tl"})
     if extra:
         raise InvalidMessage(
             f"message has unexpected field(s) {', '.join(map(repr, extra))}: multistep messages "
-            "name a task and job refs only, never a function or arguments"
+            "name a task and a job ref, or a queue and a ticket, never a function or arguments"
         )
     if raw.get("v") != MESSAGE_VERSION:
         raise InvalidMessage(f"message version {raw.get('v')!r} is not supported (expected {MESSAGE_VERSION})")
-    task_id = validate_task_id(raw.get("task"))
     for k in ("tp", "tl"):  # optional trace context: W3C traceparent text
         if k in raw and not (isinstance(raw[k], str) and _TRACEPARENT.match(raw[k])):
             raise InvalidMessage(f"message field {k!r} must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
-    if ("ref" in raw) == ("refs" in raw):
-        raise InvalidMessage("message must have exactly one of 'ref' and 'refs'")
-    if "ref" in raw:
-        ref = raw["ref"]
-        parse_ref(ref)
-        assert isinstance(ref, str)
-        return task_id, (ref,)
-    refs = raw["refs"]
-    if not isinstance(refs, list) or not 1 <= len(refs) <= MAX_REFS_PER_MESSAGE:
-        raise InvalidMessage(f"'refs' must be a list of 1 to {MAX_REFS_PER_MESSAGE} job refs")
-    for r in refs:
-        parse_ref(r)
-    if len(set(refs)) != len(refs):
-        raise InvalidMessage("'refs' names a job twice")
-    return task_id, tuple(refs)
+    if "queue" in raw or "ticket" in raw:
+        if "task" in raw or "ref" in raw:
+            raise InvalidMessage("message must be a ticket (queue, ticket) or a job (task, ref), not both")
+        q, t = raw.get("queue"), raw.get("ticket")
+        if not isinstance(q, str) or not _QUEUE_RE.match(q):
+            raise InvalidMessage(f"ticket names no valid queue: {q!r}")
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 < t < 2**53:
+            raise InvalidMessage(f"ticket number must be a positive whole number, not {t!r}")
+        return Message(queue=q, ticket=t)
+    task_id = validate_task_id(raw.get("task"))
+    ref = raw.get("ref")
+    parse_ref(ref)
+    assert isinstance(ref, str)
+    return Message(task_id=task_id, ref=ref, tp=raw.get("tp", ""), tl=raw.get("tl", ""))

@@ -305,6 +305,45 @@ def rejected(backend: Backend, raw: str, reason: str) -> None:
         hooks.message_rejected.send(backend=backend, raw=raw, reason=reason)
 
 
+def creating(backend: Backend, task_id: str, queue: str) -> str:
+    """The traceparent of the task's create span, kept with the task (``TaskOptions.trace``), or
+    "" when nothing traces."""
+    make = hooks.trace_create
+    if make is None:
+        return ""
+    try:
+        return make(backend=backend, task_id=task_id, queue=queue) or ""
+    except Exception:
+        log.exception("the tracing integration failed to open the task's span; the task has no trace")
+        return ""
+
+
+_traces: OrderedDict[str, str] = OrderedDict()
+
+
+def job_message(backend: Backend, task_id: str, ref: str) -> str:
+    """The message a job taken by ticket is reported with: its task and ref and, when tracing,
+    the task's trace context (read from the task once per task per process)."""
+    from .model import encode_message
+
+    msg = encode_message(task_id, ref)
+    if hooks.trace_context is None:
+        return msg
+    with _queues_lock:
+        tp = _traces.get(task_id)
+    if tp is None:
+        try:
+            p = backend.store.progress(task_id)
+        except Exception:
+            p = None
+        tp = p.options.trace if p is not None else ""
+        with _queues_lock:
+            _traces[task_id] = tp
+            while len(_traces) > 4096:
+                _traces.popitem(last=False)
+    return msg[:-1] + f',"tp":"{tp}"}}' if tp else msg
+
+
 def inline_message(task_id: str, ref: str) -> str:
     """The message of a follow-up the runner runs in this thread (it carries the trace context
     taken when the follow-up was decided)."""

@@ -148,7 +148,13 @@ def trace_context(task_id: str = "") -> tuple[str | None, str | None]:
 
 
 # -- producer side -------------------------------------------------------------------------
-def _on_created(*, backend: Backend, task_id: str, queue: str, **_: Any) -> None:
+def create_span(*, backend: Backend, task_id: str, queue: str, **_: Any) -> str | None:
+    """Open and end the task's ``create`` span (once per task); its traceparent, kept with the
+    task, is the parent of every job a worker takes for it by ticket."""
+    with _lock:
+        have = _created.get(task_id)
+    if have is not None:
+        return traceparent(have)
     span = _tracer.start_span(
         f"create {queue}", kind=SpanKind.PRODUCER,
         attributes={
@@ -161,6 +167,12 @@ def _on_created(*, backend: Backend, task_id: str, queue: str, **_: Any) -> None
     span.end()
     if sc.is_valid:
         _remember(_created, task_id, sc)
+        return traceparent(sc)
+    return None
+
+
+def _on_created(*, backend: Backend, task_id: str, queue: str, **_: Any) -> None:
+    create_span(backend=backend, task_id=task_id, queue=queue)
 
 
 def _on_added(*, backend: Backend, task_id: str, queue: str, kind: str, refs: list[str], **_: Any) -> None:
@@ -277,6 +289,7 @@ def instrument() -> None:
     for sig, fn in _RECEIVERS:
         sig.connect(fn)
     hooks.trace_context = trace_context
+    hooks.trace_create = create_span
     _instrumented = True
 
 
@@ -287,6 +300,8 @@ def uninstrument() -> None:
         sig.disconnect(fn)
     if hooks.trace_context is trace_context:
         hooks.trace_context = None
+    if hooks.trace_create is create_span:
+        hooks.trace_create = None
     _instrumented = False
 
 

@@ -4,8 +4,10 @@ Every queue's worker calls :meth:`Runner.handle` with the raw message body. The 
 
 1. decodes the message (anything malformed, forged or oversized is refused and
    recorded with :meth:`Store.reject`, never executed),
-2. asks the store to *start* the job (one atomic call: skips duplicates, jobs of
-   cancelled or failed tasks, finalizers out of turn; takes a lease otherwise),
+2. asks the store to *start* a job (one atomic call): a *ticket* of a queue lets the store
+   pick the next job of the fairest task and take a lease on it (docs/fairness.md); a
+   finalizer or failure callback message names its task and ref, and the store skips
+   duplicates, cancelled or failed tasks and finalizers out of turn,
 3. looks the function up in this process's registry (never imports what a spec names),
 4. calls it with the JSON arguments while a heartbeat renews the lease,
 5. records the outcome with :meth:`Store.finish` (one atomic call that counts the job
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import observe
 from .context import JobContext, _current
-from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode_refs
+from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode
 from .registry import lookup
 
 if TYPE_CHECKING:
@@ -104,10 +106,11 @@ def _plain_failure(ref: str, fn: str, attempt: int, kind: str, message: str) -> 
 class Runner:
     """Executes delivered messages for one backend.
 
-    A message names one job ref, or several (``"refs"``, sent by
-    ``Task.add_jobs(..., per_message=k)``): those run one after another in the delivering
-    thread, each with its own start and finish transition; the finish of one and the start
-    of the next go to the store together (:meth:`Store.finish_then_start`).
+    A ticket starts one job, or, for a task whose jobs were added with ``per_message=k``,
+    up to k of that task's jobs one after another in the delivering thread, each with its
+    own start and finish transition; the finish of one and the start of the next go to the
+    store together (:meth:`Store.take_next`). Jobs not reached stay in the store, waiting
+    for any worker.
 
     A follow-up that a transition made here decides (the next finalizer, the failure
     callback) is run by this thread right after, without a trip through the queue
@@ -148,39 +151,33 @@ class Runner:
         store = self.backend.store
         text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
         try:
-            task_id, refs = decode_refs(raw)
+            msg = decode(raw)
         except ValueError as exc:
             log.warning("refused message %.200r: %s", text, exc)
             store.reject(text, f"refused: {exc}", time.time())
             observe.rejected(self.backend, text, f"refused: {exc}")
             return "rejected"
-        if len(refs) == 1:
-            return self._handle_one(task_id, refs[0], text)
+        if not msg.is_ticket:
+            return self._handle_one(msg.task_id, msg.ref, text)
+        start = store.take(msg.queue, msg.ticket, time.time())
+        if not start.run:
+            observe.skipped(self.backend, "", "", start.reason)
+            return f"skipped:{start.reason}"
         outcomes: list[str] = []
-        # The refs after the first get a due time now: if this worker dies before reaching
-        # them, recovery sends them again (a queue need not redeliver the message).
-        start = store.start_packed(task_id, refs, time.time())
-        for i, ref in enumerate(refs):
-            nxt = refs[i + 1] if i + 1 < len(refs) else None
-            if not start.run:
-                outcomes.append(self._not_started(task_id, ref, text, start))
-                if start.reason == "task-missing":
-                    break
-                if nxt is not None:
-                    start = store.start(task_id, nxt, time.time())
-                continue
-            w = observe.begin(self.backend, task_id, ref, start, text)
+        budget = start.batch
+        while start.run:
+            task_id, ref = start.task_id, start.ref
+            w = observe.begin(self.backend, task_id, ref, start, observe.job_message(self.backend, task_id, ref))
             try:
                 result_text, error = self._execute(task_id, ref, start)
+                budget -= 1
                 now = time.time()
-                if nxt is None:
+                if budget <= 0:
                     d = store.finish(task_id, ref, start.attempt, now, result=result_text, error=error)
-                    self.dispatch(d)
+                    start = Start(False, "batch-done")
                 else:
-                    d, start = store.finish_then_start(
-                        task_id, ref, start.attempt, now, nxt, result=result_text, error=error
-                    )
-                    self.dispatch(d)
+                    d, start = store.take_next(task_id, ref, start.attempt, now, result=result_text, error=error)
+                self.dispatch(d)
             except BaseException as exc:
                 if w is not None:
                     w.abort(exc)
@@ -191,6 +188,8 @@ class Runner:
         return outcomes[0] if len(set(outcomes)) == 1 else ",".join(outcomes)
 
     def _handle_one(self, task_id: str, ref: str, text: str) -> str:
+        """A finalizer or failure callback (or a job ref, which the store refuses: jobs
+        start by ticket)."""
         store = self.backend.store
         start = store.start(task_id, ref, time.time())
         if not start.run:

@@ -22,11 +22,12 @@ import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import InvalidJob, InvalidTransition, TaskExists, TaskNotFound
+from .fairshare import DEFAULT_WINDOW, TICKET_TIMEOUT_LEASES, QueueRow, solo_group
 from .history import failure_history, retried_failure, retry_refused, with_history
 from .listing import JobDetail, TaskPage, TaskQuery, clip, page_of
 from .model import (
@@ -61,6 +62,8 @@ class Store(ABC):
     """
 
     lease: float = DEFAULT_LEASE
+    #: tickets per queue in the broker, at most (docs/fairness.md)
+    window: int = DEFAULT_WINDOW
 
     # -- writing ---------------------------------------------------------------------
     @abstractmethod
@@ -68,10 +71,14 @@ class Store(ABC):
         """Create an open task. Raise :class:`TaskExists` if the id is taken."""
 
     @abstractmethod
-    def add_jobs(self, task_id: str, kind: str, specs: Sequence[str], now: float) -> list[str]:
+    def add_jobs(
+        self, task_id: str, kind: str, specs: Sequence[str], now: float, per_message: int = 1
+    ) -> list[str]:
         """Append jobs (``kind="j"``) or finalizers (``"f"``), or set the failure callback
-        (``"x"``, one spec). Return the new refs. Raise :class:`InvalidTransition` once
-        the task has left ``running``."""
+        (``"x"``, one spec). Return the new refs. Jobs wait for tickets of the task's queue
+        (:meth:`release` issues them); ``per_message`` > 1 lets a worker run up to that many
+        of the task's jobs on one ticket (the task keeps the largest asked for). Raise
+        :class:`InvalidTransition` once the task has left ``running``."""
 
     @abstractmethod
     def seal(self, task_id: str, now: float) -> Dispatch:
@@ -79,7 +86,8 @@ class Store(ABC):
 
     @abstractmethod
     def start(self, task_id: str, ref: str, now: float) -> Start:
-        """Claim one delivery: say whether it may run and, if so, take a lease on it."""
+        """Claim the delivery of one ref (a finalizer, the failure callback, or a job named by
+        its ref rather than by a ticket): say whether it may run and, if so, take a lease."""
 
     @abstractmethod
     def renew(self, task_id: str, ref: str, attempt: int, now: float) -> bool:
@@ -100,33 +108,32 @@ class Store(ABC):
         text) and decide what comes next. A job that already ended is left alone."""
 
     @abstractmethod
-    def guard(self, task_id: str, refs: Sequence[str], now: float) -> int:
-        """Give each pending ref without a due time one, a lease from now, so that recovery
-        sends it again if nobody starts it (a worker that received several refs in one
-        message and died before reaching them). Returns how many refs it guarded."""
+    def take(self, queue: str, ticket: int, now: float) -> Start:
+        """A worker presents ``ticket`` of ``queue``: consume it and start the next job of the
+        fairest task (docs/fairness.md), taking a lease on it. ``Start.task_id``/``ref`` say
+        which job; ``run`` is False (with the reason) for an unknown ticket (taken already, a
+        duplicate delivery) or when no job may start now."""
 
-    def start_packed(self, task_id: str, refs: Sequence[str], now: float) -> Start:
-        """:meth:`guard` the other refs of a message carrying several, then :meth:`start` its
-        first; a store may send both in one round trip."""
-        self.guard(task_id, refs[1:], now)
-        return self.start(task_id, refs[0], now)
-
-    def finish_then_start(
+    @abstractmethod
+    def take_next(
         self,
         task_id: str,
         ref: str,
         attempt: int,
         now: float,
-        next_ref: str,
         *,
         result: str | None = None,
         error: Failure | None = None,
     ) -> tuple[Dispatch, Start]:
-        """:meth:`finish` of ``ref``, then :meth:`start` of ``next_ref`` of the same task (a
-        worker running a message that carries several refs). Two transitions, in this order;
-        a store may send them in one round trip."""
-        d = self.finish(task_id, ref, attempt, now, result=result, error=error)
-        return d, self.start(task_id, next_ref, now)
+        """:meth:`finish` of ``ref``, then start the next waiting job of the same task if its
+        cap allows (a worker running a task's jobs ``per_message`` at a time); one round trip
+        on a store that can."""
+
+    @abstractmethod
+    def release(self, queue: str, now: float) -> Dispatch:
+        """Issue the tickets ``queue`` is owed (one per waiting job, up to the window) and
+        send again the tickets presumed lost. Called after :meth:`add_jobs` and by
+        recovery; idempotent."""
 
     @abstractmethod
     def cancel(self, task_id: str, by: str, now: float) -> bool:
@@ -139,7 +146,8 @@ class Store(ABC):
     @abstractmethod
     def claim_due(self, now: float, limit: int = 1000) -> list[Dispatch]:
         """Recovery: hand out again what is due (expired leases, retries whose backoff has
-        passed, follow-ups never started). Each returned ref is claimed for one lease."""
+        passed, follow-ups never started, tickets presumed lost). Each returned ref is claimed
+        for one lease; jobs go back in line for a ticket."""
 
     @abstractmethod
     def delete(self, task_id: str) -> bool:
@@ -216,6 +224,21 @@ class TaskRow:
     cancelled_by: str | None = None
     cancelled_at: float | None = None
     expires_at: float | None = None
+    # dispatch (docs/fairness.md): jobs j0..j<next_job-1> have been taken once; ``requeue``
+    # holds refs back in line (a lost lease, a retry); ``vt`` the task's virtual time
+    next_job: int = 0
+    requeue: list[str] = field(default_factory=list)
+    per_message: int = 1
+    vt: float = 0.0
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for a ticket."""
+        return self.total - self.next_job + len(self.requeue)
+
+    @property
+    def group_key(self) -> str:
+        return self.options.group or solo_group(self.id)
 
     def progress(self) -> Progress:
         return Progress(
@@ -250,24 +273,24 @@ class JobRow:
     result: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Txn(ABC):
     """Row access inside one transaction. Rows returned may be live objects or copies:
-    the logic always writes a changed row back with ``put_task`` / ``put_job``."""
+    the logic always writes a changed row back with ``put_task`` / ``put_job`` / ``put_queue``."""
 
     @abstractmethod
     def get_task(self, task_id: str) -> TaskRow | None: ...
 
     @abstractmethod
-    def put_task(self, row: TaskRow, *, new: bool = False) -> None: ...
+    def put_task(self, row: TaskRow, *, new: bool = False) -> None:
+        """Write a task row (``new``: it did not exist; a store may use a plain insert)."""
 
     @abstractmethod
     def get_job(self, task_id: str, ref: str) -> JobRow | None: ...
 
     @abstractmethod
-    def put_job(self, task_id: str, row: JobRow, *, new: bool = False) -> None: ...
+    def put_job(self, task_id: str, row: JobRow) -> None: ...
 
     @abstractmethod
     def put_jobs_new(self, task_id: str, rows: Sequence[JobRow]) -> None: ...
@@ -277,19 +300,32 @@ class Txn(ABC):
 
     @abstractmethod
     def due(self, now: float, limit: int) -> list[tuple[str, str]]:
-        """(task_id, ref) of rows whose ``due_at`` is set and ≤ now."""
+        """(task_id, ref) of rows whose ``due_at`` is set and ≤ now, earliest first."""
 
     @abstractmethod
-    def tasks(self, state: TaskState | None, limit: int) -> list[TaskRow]: ...
+    def tasks(self, state: TaskState | None, limit: int) -> list[TaskRow]:
+        """Task rows (of one state, or all), newest first."""
 
     @abstractmethod
     def delete_task(self, task_id: str) -> bool: ...
 
     @abstractmethod
+    def get_queue(self, name: str) -> QueueRow | None:
+        """The scheduling row of a queue (:mod:`multistep_core.fairshare`), if any."""
+
+    @abstractmethod
+    def put_queue(self, row: QueueRow) -> None: ...
+
+    @abstractmethod
+    def queues(self) -> list[str]:
+        """Names of every queue with a scheduling row."""
+
+    @abstractmethod
     def add_rejected(self, item: Rejected) -> None: ...
 
     @abstractmethod
-    def list_rejected(self, limit: int) -> list[Rejected]: ...
+    def list_rejected(self, limit: int) -> list[Rejected]:
+        """The newest ``limit`` rejected messages, newest first."""
 
     @abstractmethod
     def purge_expired(self, now: float) -> None: ...
@@ -327,15 +363,46 @@ def _spec_fn(spec: str) -> str:
     return fn if isinstance(fn, str) else "?"
 
 
+class _Queues:
+    """The queue rows one transaction touches, loaded once and written back at the end."""
+
+    def __init__(self, tx: Txn) -> None:
+        self.tx = tx
+        self.rows: dict[str, QueueRow] = {}
+
+    def __call__(self, name: str) -> QueueRow:
+        q = self.rows.get(name)
+        if q is None:
+            q = self.tx.get_queue(name) or QueueRow(name=name)
+            self.rows[name] = q
+        return q
+
+    def save(self) -> None:
+        for q in self.rows.values():
+            self.tx.put_queue(q)
+
+
 class RowStore(Store):
     """A store built from row primitives; all lifecycle logic lives here, once."""
 
-    def __init__(self, *, lease: float = DEFAULT_LEASE) -> None:
+    def __init__(self, *, lease: float = DEFAULT_LEASE, window: int = DEFAULT_WINDOW) -> None:
         self.lease = float(lease)
+        self.window = int(window)
+
+    @property
+    def ticket_timeout(self) -> float:
+        return self.lease * TICKET_TIMEOUT_LEASES
 
     @abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager[Txn]:
         """A context in which reads and writes are atomic and isolated."""
+
+    @contextlib.contextmanager
+    def _txq(self) -> Iterator[tuple[Txn, _Queues]]:
+        with self.transaction() as tx:
+            qs = _Queues(tx)
+            yield tx, qs
+            qs.save()
 
     # -- helpers ---------------------------------------------------------------------
     def _task(self, tx: Txn, task_id: str, now: float | None = None) -> TaskRow:
@@ -344,22 +411,99 @@ class RowStore(Store):
             raise TaskNotFound(f"no task with id {task_id!r}")
         return row
 
-    def _finish_task(self, task: TaskRow, state: TaskState, now: float) -> None:
+    def _tickets(self, task: TaskRow, tickets: tuple[int, ...], refs: tuple[str, ...] = ()) -> Dispatch:
+        if not tickets and not refs:
+            return NOTHING
+        return Dispatch(task.id, task.options.queue, refs, tickets)
+
+    def _wait(self, qs: _Queues, task: TaskRow, refs: Sequence[str] = ()) -> None:
+        """``refs`` go back in line (or, with none, the task's new jobs start waiting)."""
+        task.requeue.extend(refs)
+        q = qs(task.options.queue)
+        q.waiting += len(refs)
+        if task.waiting > 0 and task.state in (TaskState.OPEN, TaskState.RUNNING):
+            o = task.options
+            key = task.group_key
+            g = q.group(key, o.weight if not o.group else 1.0, o.group_max_concurrency)
+            q.join(key, g, task.id, task.vt)
+
+    def _unschedule(self, qs: _Queues, task: TaskRow) -> None:
+        """The task ended (or was cancelled): its waiting jobs leave the line at once."""
+        q = qs(task.options.queue)
+        q.waiting -= task.waiting
+        vt = q.leave(task.group_key, task.id)
+        if vt is not None:
+            task.vt = vt
+
+    def _job_ended(self, qs: _Queues, task: TaskRow, now: float) -> tuple[int, ...]:
+        """A running job of ``task`` ended: free its place under the caps."""
+        task.running -= 1
+        q = qs(task.options.queue)
+        g = q.groups.get(task.group_key)
+        if g is not None:
+            g.running -= 1
+            q.forget_if_idle(task.group_key)
+        return q.unpark(now)
+
+    def _next_row(self, tx: Txn, qs: _Queues, task: TaskRow) -> JobRow | None:
+        """The task's next waiting job that is still pending (refs in line first)."""
+        q = qs(task.options.queue)
+        while task.requeue or task.next_job < task.total:
+            if task.requeue:
+                ref = task.requeue.pop(0)
+            else:
+                ref = f"j{task.next_job}"
+                task.next_job += 1
+            q.waiting -= 1
+            row = tx.get_job(task.id, ref)
+            if row is not None and row.state == JobState.PENDING:
+                return row
+        return None
+
+    def _start_row(self, tx: Txn, qs: _Queues, task: TaskRow, row: JobRow, now: float) -> Start:
+        task.running += 1
+        g = qs(task.options.queue).groups.get(task.group_key)
+        if g is not None:
+            g.running += 1
+        row.state = JobState.RUNNING
+        row.attempt += 1
+        row.due_at = now + self.lease
+        row.started_at = now
+        tx.put_job(task.id, row)
+        return Start(
+            True, spec=row.spec, attempt=row.attempt, keep_results=task.options.keep_results,
+            task_id=task.id, ref=row.ref, batch=task.per_message,
+        )
+
+    def _after_take(self, qs: _Queues, task: TaskRow) -> None:
+        if task.waiting <= 0:
+            vt = qs(task.options.queue).leave(task.group_key, task.id)
+            if vt is not None:
+                task.vt = vt
+
+    def _finish_task(self, qs: _Queues, task: TaskRow, state: TaskState, now: float) -> None:
+        if task.state in (TaskState.OPEN, TaskState.RUNNING):
+            self._unschedule(qs, task)
         task.state = state
         task.finished_at = now
         task.expires_at = now + task.options.retention
 
-    def _follow(self, tx: Txn, task: TaskRow, ref: str, now: float) -> Dispatch:
+    def _follow(self, tx: Txn, qs: _Queues, task: TaskRow, ref: str, now: float) -> Dispatch:
         row = tx.get_job(task.id, ref)
         if row is None:  # pragma: no cover - guarded by callers
             return NOTHING
         row.state = JobState.PENDING
+        if ref[0] == JOB:  # back in line for a ticket
+            row.due_at = None
+            tx.put_job(task.id, row)
+            self._wait(qs, task, [ref])
+            return self._tickets(task, qs(task.options.queue).top_up(self.window, now))
         row.due_at = now + self.lease
         tx.put_job(task.id, row)
         return Dispatch(task.id, task.options.queue, (ref,))
 
-    def _fail(self, tx: Txn, task: TaskRow, now: float) -> Dispatch:
-        self._finish_task(task, TaskState.FAILED, now)
+    def _fail(self, tx: Txn, qs: _Queues, task: TaskRow, now: float) -> Dispatch:
+        self._finish_task(qs, task, TaskState.FAILED, now)
         if task.has_callback:
             cb = tx.get_job(task.id, "x0")
             if cb is not None:
@@ -367,29 +511,29 @@ class RowStore(Store):
                 cb.lost = 0
                 cb.error = None
                 tx.put_job(task.id, cb)
-                return self._follow(tx, task, "x0", now)
+                return self._follow(tx, qs, task, "x0", now)
         return NOTHING
 
-    def _advance(self, tx: Txn, task: TaskRow, now: float) -> Dispatch:
+    def _advance(self, tx: Txn, qs: _Queues, task: TaskRow, now: float) -> Dispatch:
         if task.state != TaskState.RUNNING or task.succeeded + task.failed < task.total:
             return NOTHING
         if task.options.policy == Policy.FAIL and task.failed > 0:
-            return self._fail(tx, task, now)
+            return self._fail(tx, qs, task, now)
         if task.fin_done < task.fin_total:
             task.state = TaskState.FINALIZING
-            return self._follow(tx, task, f"f{task.fin_done}", now)
-        self._finish_task(task, TaskState.SUCCEEDED, now)
+            return self._follow(tx, qs, task, f"f{task.fin_done}", now)
+        self._finish_task(qs, task, TaskState.SUCCEEDED, now)
         return NOTHING
 
-    def _ended_for_good(self, tx: Txn, task: TaskRow, kind: str, now: float) -> Dispatch:
+    def _ended_for_good(self, tx: Txn, qs: _Queues, task: TaskRow, kind: str, now: float) -> Dispatch:
         """A job or finalizer has failed with no retry left."""
         if kind == JOB:
             task.failed += 1
             if task.state in (TaskState.OPEN, TaskState.RUNNING) and task.options.policy == Policy.FAIL_FAST:
-                return self._fail(tx, task, now)
-            return self._advance(tx, task, now)
+                return self._fail(tx, qs, task, now)
+            return self._advance(tx, qs, task, now)
         if kind == FINALIZER and task.state == TaskState.FINALIZING:
-            return self._fail(tx, task, now)
+            return self._fail(tx, qs, task, now)
         return NOTHING
 
     # -- transitions -----------------------------------------------------------------
@@ -403,15 +547,16 @@ class RowStore(Store):
                     raise TaskExists(f"a task with id {task_id!r} already exists ({old.state.value})")
             tx.put_task(TaskRow(id=task_id, options=options, created_at=now), new=True)
 
-    def add_jobs(self, task_id: str, kind: str, specs: Sequence[str], now: float) -> list[str]:
-        with self.transaction() as tx:
+    def add_jobs(
+        self, task_id: str, kind: str, specs: Sequence[str], now: float, per_message: int = 1
+    ) -> list[str]:
+        with self._txq() as (tx, qs):
             task = self._task(tx, task_id, now)
             if kind == CALLBACK:
                 if task.state.terminal:
                     raise InvalidTransition(f"task {task_id!r} is {task.state.value}; too late for a failure callback")
                 (spec,) = specs
-                old = tx.get_job(task_id, "x0")
-                tx.put_job(task_id, JobRow(ref="x0", spec=spec), new=old is None)
+                tx.put_job(task_id, JobRow(ref="x0", spec=spec))
                 task.has_callback = True
                 tx.put_task(task)
                 return ["x0"]
@@ -423,6 +568,7 @@ class RowStore(Store):
             if kind == JOB:
                 first = task.total
                 task.total += len(specs)
+                task.per_message = max(task.per_message, int(per_message))
             elif kind == FINALIZER:
                 first = task.fin_total
                 task.fin_total += len(specs)
@@ -430,11 +576,20 @@ class RowStore(Store):
                 raise InvalidJob(f"unknown job kind {kind!r} (expected j, f or x)")
             rows = [JobRow(ref=f"{kind}{first + i}", spec=s) for i, s in enumerate(specs)]
             tx.put_jobs_new(task_id, rows)
+            if kind == JOB and specs:
+                qs(task.options.queue).waiting += len(specs)
+                self._wait(qs, task)
             tx.put_task(task)
             return [r.ref for r in rows]
 
+    def release(self, queue: str, now: float) -> Dispatch:
+        with self._txq() as (_tx, qs):
+            q = qs(queue)
+            tickets = q.expired_tickets(now, self.ticket_timeout) + q.top_up(self.window, now)
+            return Dispatch("", queue, (), tickets) if tickets else NOTHING
+
     def seal(self, task_id: str, now: float) -> Dispatch:
-        with self.transaction() as tx:
+        with self._txq() as (tx, qs):
             task = self._task(tx, task_id, now)
             if task.state.terminal:
                 return NOTHING
@@ -443,13 +598,74 @@ class RowStore(Store):
             task.sealed = True
             task.sealed_at = now
             task.state = TaskState.RUNNING
-            d = self._advance(tx, task, now)
+            d = self._advance(tx, qs, task, now)
             tx.put_task(task)
             return d
 
+    def take(self, queue: str, ticket: int, now: float) -> Start:
+        with self._txq() as (tx, qs):
+            q = qs(queue)
+            if q.tickets.pop(ticket, None) is None:
+                return Start(False, "stale-ticket")
+            for _key, g in q.order():
+                for task_id in sorted(g.tasks, key=lambda t, vts=g.tasks: (vts[t], t)):  # type: ignore[misc]
+                    task = tx.get_task(task_id)
+                    if task is None or task.state not in (TaskState.OPEN, TaskState.RUNNING):
+                        g.tasks.pop(task_id, None)  # pragma: no cover - ended tasks leave the line
+                        continue
+                    cap = task.options.max_concurrency
+                    if cap > 0 and task.running >= cap:
+                        continue
+                    row = self._next_row(tx, qs, task)
+                    if row is None:
+                        self._after_take(qs, task)
+                        tx.put_task(task)
+                        continue
+                    q.charge(g, task_id, task.options.weight)
+                    st = self._start_row(tx, qs, task, row, now)
+                    self._after_take(qs, task)
+                    tx.put_task(task)
+                    return st
+            if q.waiting > 0:
+                q.parked += 1  # only capped work: owed back when a running job ends
+                return Start(False, "capped")
+            return Start(False, "no-work")
+
+    def take_next(
+        self,
+        task_id: str,
+        ref: str,
+        attempt: int,
+        now: float,
+        *,
+        result: str | None = None,
+        error: Failure | None = None,
+    ) -> tuple[Dispatch, Start]:
+        with self._txq() as (tx, qs):
+            d = self._finish(tx, qs, task_id, ref, attempt, now, result, error)
+            task = tx.get_task(task_id)
+            if task is None or task.state not in (TaskState.OPEN, TaskState.RUNNING):
+                return d, Start(False, "batch-done")
+            cap = task.options.max_concurrency
+            g = qs(task.options.queue).groups.get(task.group_key)
+            if (cap > 0 and task.running >= cap) or (g is not None and 0 < g.limit <= g.running) or g is None:
+                return d, Start(False, "batch-done")
+            if task.id not in g.tasks:
+                return d, Start(False, "batch-done")
+            row = self._next_row(tx, qs, task)
+            if row is None:
+                self._after_take(qs, task)
+                tx.put_task(task)
+                return d, Start(False, "batch-done")
+            qs(task.options.queue).charge(g, task.id, task.options.weight)
+            st = self._start_row(tx, qs, task, row, now)
+            self._after_take(qs, task)
+            tx.put_task(task)
+            return d, st
+
     def start(self, task_id: str, ref: str, now: float) -> Start:
         kind, index = parse_ref(ref)
-        with self.transaction() as tx:
+        with self._txq() as (tx, qs):
             task = tx.get_task(task_id)
             if task is None:
                 return Start(False, "task-missing")
@@ -463,11 +679,18 @@ class RowStore(Store):
             if row.state == JobState.RETRY_WAIT:
                 return Start(False, "retry-not-due")
             if kind == JOB:
+                # A message naming the job itself (not a ticket): it may run if it is pending
+                # and its task under its caps; its place in line is skipped when reached.
                 if task.state not in (TaskState.OPEN, TaskState.RUNNING):
                     return Start(False, f"task-{task.state.value}")
-                task.running += 1
+                g = qs(task.options.queue).groups.get(task.group_key)
+                cap = task.options.max_concurrency
+                if (cap > 0 and task.running >= cap) or (g is not None and 0 < g.limit <= g.running):
+                    return Start(False, "capped")
+                st = self._start_row(tx, qs, task, row, now)
                 tx.put_task(task)
-            elif kind == FINALIZER:
+                return st
+            if kind == FINALIZER:
                 if task.state != TaskState.FINALIZING or index != task.fin_done:
                     return Start(False, f"task-{task.state.value}")
             elif task.state != TaskState.FAILED:
@@ -477,18 +700,8 @@ class RowStore(Store):
             row.due_at = now + self.lease
             row.started_at = now
             tx.put_job(task_id, row)
-            return Start(True, spec=row.spec, attempt=row.attempt, keep_results=task.options.keep_results)
-
-    def guard(self, task_id: str, refs: Sequence[str], now: float) -> int:
-        n = 0
-        with self.transaction() as tx:
-            for ref in refs:
-                row = tx.get_job(task_id, ref)
-                if row is not None and row.state == JobState.PENDING and row.due_at is None:
-                    row.due_at = now + self.lease
-                    tx.put_job(task_id, row)
-                    n += 1
-        return n
+            return Start(True, spec=row.spec, attempt=row.attempt, keep_results=task.options.keep_results,
+                         task_id=task_id, ref=ref)
 
     def renew(self, task_id: str, ref: str, attempt: int, now: float) -> bool:
         with self.transaction() as tx:
@@ -509,27 +722,47 @@ class RowStore(Store):
         result: str | None = None,
         error: Failure | None = None,
     ) -> Dispatch:
+        with self._txq() as (tx, qs):
+            return self._finish(tx, qs, task_id, ref, attempt, now, result, error)
+
+    def _finish(
+        self,
+        tx: Txn,
+        qs: _Queues,
+        task_id: str,
+        ref: str,
+        attempt: int,
+        now: float,
+        result: str | None,
+        error: Failure | None,
+    ) -> Dispatch:
         kind, index = parse_ref(ref)
-        with self.transaction() as tx:
-            task = tx.get_task(task_id)
-            row = tx.get_job(task_id, ref) if task is not None else None
-            if task is None or row is None or row.state in DONE_JOB_STATES:
-                return NOTHING  # gone, or a duplicate: counted once already
-            if error is not None and (row.state != JobState.RUNNING or row.attempt != attempt):
-                return NOTHING  # a stale attempt's failure; the current attempt decides
-            if kind == FINALIZER and (task.state != TaskState.FINALIZING or index != task.fin_done):
-                return NOTHING  # a finalizer's outcome counts only in its turn
-            if kind == CALLBACK and task.state != TaskState.FAILED:
-                return NOTHING
-            if kind == JOB and row.state == JobState.RUNNING:
-                task.running -= 1
-            d = self._record(tx, task, row, kind, index, now, result, error)
-            tx.put_task(task)
+        task = tx.get_task(task_id)
+        row = tx.get_job(task_id, ref) if task is not None else None
+        if task is None or row is None or row.state in DONE_JOB_STATES:
+            return NOTHING  # gone, or a duplicate: counted once already
+        if error is not None and (row.state != JobState.RUNNING or row.attempt != attempt):
+            return NOTHING  # a stale attempt's failure; the current attempt decides
+        if kind == FINALIZER and (task.state != TaskState.FINALIZING or index != task.fin_done):
+            return NOTHING  # a finalizer's outcome counts only in its turn
+        if kind == CALLBACK and task.state != TaskState.FAILED:
+            return NOTHING
+        unparked: tuple[int, ...] = ()
+        if kind == JOB and row.state == JobState.RUNNING:
+            unparked = self._job_ended(qs, task, now)
+        d = self._record(tx, qs, task, row, kind, index, now, result, error)
+        tx.put_task(task)
+        return self._merge(task, d, unparked + qs(task.options.queue).top_up(self.window, now))
+
+    def _merge(self, task: TaskRow, d: Dispatch, tickets: tuple[int, ...]) -> Dispatch:
+        if not tickets:
             return d
+        return Dispatch(task.id, task.options.queue, d.refs, d.tickets + tickets)
 
     def _record(
         self,
         tx: Txn,
+        qs: _Queues,
         task: TaskRow,
         row: JobRow,
         kind: str,
@@ -547,12 +780,12 @@ class RowStore(Store):
             tx.put_job(task.id, row)
             if kind == JOB:
                 task.succeeded += 1
-                return self._advance(tx, task, now)
+                return self._advance(tx, qs, task, now)
             if kind == FINALIZER and task.state == TaskState.FINALIZING and index == task.fin_done:
                 task.fin_done += 1
                 if task.fin_done < task.fin_total:
-                    return self._follow(tx, task, f"f{task.fin_done}", now)
-                self._finish_task(task, TaskState.SUCCEEDED, now)
+                    return self._follow(tx, qs, task, f"f{task.fin_done}", now)
+                self._finish_task(qs, task, TaskState.SUCCEEDED, now)
             return NOTHING
         row.error = with_history(error.to_dict(), row.error)
         if error.type != "WorkerLost":
@@ -567,36 +800,37 @@ class RowStore(Store):
             row.due_at = now + delay
             tx.put_job(task.id, row)
             if delay <= 0:
-                return self._follow(tx, task, row.ref, now)
-            return NOTHING  # claim_due sends it when the backoff has passed
+                return self._follow(tx, qs, task, row.ref, now)
+            return NOTHING  # claim_due puts it back in line when the backoff has passed
         if error.type == "WorkerLost" and not lost_out:
             tx.put_job(task.id, row)
-            return self._follow(tx, task, row.ref, now)
+            return self._follow(tx, qs, task, row.ref, now)
         row.state = JobState.FAILED
         row.finished_at = now
         row.due_at = None
         tx.put_job(task.id, row)
-        return self._ended_for_good(tx, task, kind, now)
+        return self._ended_for_good(tx, qs, task, kind, now)
 
     def cancel(self, task_id: str, by: str, now: float) -> bool:
-        with self.transaction() as tx:
+        with self._txq() as (tx, qs):
             task = self._task(tx, task_id, now)
             if task.state in (TaskState.SUCCEEDED, TaskState.CANCELLED):
                 return False
-            self._finish_task(task, TaskState.CANCELLED, now)
+            self._finish_task(qs, task, TaskState.CANCELLED, now)
             task.cancelled_by = by
             task.cancelled_at = now
             tx.put_task(task)
             return True
 
     def retry(self, task_id: str, now: float) -> Dispatch:
-        with self.transaction() as tx:
+        with self._txq() as (tx, qs):
             task = self._task(tx, task_id, now)
             if task.state != TaskState.FAILED:
                 raise retry_refused(task_id, task.state.value)
             task.finished_at = None
             task.expires_at = None
             refs: list[str] = []
+            again = 0
             fin_failed = None
             for row in tx.jobs(task_id, [JobState.FAILED, JobState.PENDING, JobState.RETRY_WAIT]):
                 kind, _ = parse_ref(row.ref)
@@ -614,26 +848,29 @@ class RowStore(Store):
                 row.finished_at = None
                 row.due_at = None
                 tx.put_job(task_id, row)
-                refs.append(row.ref)
-            if fin_failed is not None and not refs:
+                again += 1
+                if row.ref not in task.requeue and int(row.ref[1:]) < task.next_job:
+                    refs.append(row.ref)  # taken before: back in line (the rest still is)
+            refs.sort(key=lambda r: int(r[1:]))
+            if fin_failed is not None and not again:
                 fin_failed.fails = fin_failed.lost = 0
                 fin_failed.error = retried_failure(fin_failed)
                 fin_failed.finished_at = None
                 tx.put_job(task_id, fin_failed)
                 task.state = TaskState.FINALIZING
-                d = self._follow(tx, task, fin_failed.ref, now)
+                d = self._follow(tx, qs, task, fin_failed.ref, now)
                 tx.put_task(task)
                 return d
             task.state = TaskState.RUNNING if task.sealed else TaskState.OPEN
-            d = self._advance(tx, task, now)
+            qs(task.options.queue).waiting += task.total - task.next_job + len(task.requeue)
+            self._wait(qs, task, refs)
+            d = self._advance(tx, qs, task, now)
             tx.put_task(task)
-            if d:
-                return d
-            return Dispatch(task_id, task.options.queue, tuple(refs))
+            return self._merge(task, d, qs(task.options.queue).top_up(self.window, now))
 
     def claim_due(self, now: float, limit: int = 1000) -> list[Dispatch]:
         out: list[Dispatch] = []
-        with self.transaction() as tx:
+        with self._txq() as (tx, qs):
             tx.purge_expired(now)
             for task_id, ref in tx.due(now, limit):
                 task = tx.get_task(task_id)
@@ -648,17 +885,20 @@ class RowStore(Store):
                 )
                 if row.state == JobState.RUNNING:
                     # The worker holding this lease stopped renewing it: presume it dead.
+                    unparked: tuple[int, ...] = ()
                     if kind == JOB:
-                        task.running -= 1
+                        unparked = self._job_ended(qs, task, now)
                     row.lost += 1
                     if not wanted:
                         row.state = JobState.PENDING
                         row.due_at = None
                         tx.put_job(task_id, row)
                         tx.put_task(task)
+                        if unparked:
+                            out.append(self._tickets(task, unparked))
                         continue
                     err = worker_lost_failure(ref, _spec_fn(row.spec), row.attempt, now, self.lease)
-                    d = self._record(tx, task, row, kind, index, now, None, err)
+                    d = self._merge(task, self._record(tx, qs, task, row, kind, index, now, None, err), unparked)
                     tx.put_task(task)
                     if d:
                         out.append(d)
@@ -667,11 +907,22 @@ class RowStore(Store):
                     row.due_at = None
                     tx.put_job(task_id, row)
                     continue
-                out.append(self._follow(tx, task, ref, now))
+                d = self._follow(tx, qs, task, ref, now)
+                tx.put_task(task)
+                if d:
+                    out.append(d)
+            for name in sorted(set(tx.queues()) | set(qs.rows)):
+                q = qs(name)
+                tickets = q.expired_tickets(now, self.ticket_timeout) + q.top_up(self.window, now)
+                if tickets:
+                    out.append(Dispatch("", name, (), tickets))
         return out
 
     def delete(self, task_id: str) -> bool:
-        with self.transaction() as tx:
+        with self._txq() as (tx, qs):
+            task = tx.get_task(task_id)
+            if task is not None and task.state in (TaskState.OPEN, TaskState.RUNNING):
+                self._unschedule(qs, task)
             return tx.delete_task(task_id)
 
     def reject(self, raw: str, reason: str, now: float) -> None:
@@ -721,3 +972,7 @@ class RowStore(Store):
         with self.transaction() as tx:
             rows = [tx.get_job(task_id, ref) for ref in clip(refs)]
             return {r.ref: JobDetail(r.ref, r.state.value, r.spec, r.attempt) for r in rows if r is not None}
+    def queue_state(self, queue: str) -> QueueRow | None:
+        """The scheduling row of ``queue`` (for inspection: ``multistep show``, tests)."""
+        with self.transaction() as tx:
+            return tx.get_queue(queue)

@@ -137,3 +137,11 @@ def block_or_record(path: str, label: str, gate: str | None) -> None:
 @job(name="conformance.echo")
 def echo(value: Any) -> Any:
     return value
+
+
+@job(name="conformance.span")
+def span(path: str, label: str, seconds: float) -> None:
+    """Note ``label:start:<t>`` and ``label:end:<t>`` around a sleep (for running-at-once checks)."""
+    note(path, f"{label}:start:{time.time():.6f}")
+    time.sleep(seconds)
+    note(path, f"{label}:end:{time.time():.6f}")

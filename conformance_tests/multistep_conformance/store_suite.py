@@ -22,6 +22,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from multistep_core import InvalidTransition, Store, TaskExists, TaskNotFound, TaskOptions, TaskState, connect
 from multistep_core.model import Failure, Policy
 
+from .fair_suite import FairStoreTests
+
 LEASE = 5.0
 SPEC = '{"fn":"conformance.ping","args":[]}'
 
@@ -50,7 +52,7 @@ def only(dispatches: list[Any], task_id: str) -> list[str]:
     return sorted(r for d in dispatches if d.task_id == task_id for r in d.refs)
 
 
-class StoreTests:
+class StoreTests(FairStoreTests):
     """Override ``backend_string`` (or the ``store`` fixture)."""
 
     backend_string: ClassVar[str | None] = None
@@ -60,6 +62,9 @@ class StoreTests:
     def store(cls, request: pytest.FixtureRequest) -> Iterator[Store]:
         url = cls.backend_string or request.config.getoption("--multistep-backend")
         backend = connect(url, lease=LEASE)
+        # The tests call transitions themselves: no recovery thread of this process may hand
+        # their jobs out (it would issue tickets for them and an in-process queue run them).
+        backend.stop_recovery()
         try:
             yield backend.store
         finally:
@@ -67,11 +72,11 @@ class StoreTests:
                 backend.store.delete(_created.pop())
             backend.close()
 
-    def _task(self, store: Store, n: int = 1, fins: int = 0, **opts: Any) -> str:
+    def _task(self, store: Store, n: int = 1, fins: int = 0, per_message: int = 1, **opts: Any) -> str:
         tid = fresh_id()
         store.create_task(tid, TaskOptions(**opts), time.time())
         if n:
-            store.add_jobs(tid, "j", [SPEC] * n, time.time())
+            store.add_jobs(tid, "j", [SPEC] * n, time.time(), per_message)
         if fins:
             store.add_jobs(tid, "f", [SPEC] * fins, time.time())
         return tid
@@ -89,7 +94,7 @@ class StoreTests:
         s = store.start(tid, "j0", time.time())
         assert s.run and s.attempt == 1 and s.spec == SPEC
         assert store.start(tid, "j0", time.time()).reason == "already-running"
-        assert not store.finish(tid, "j0", 1, time.time())
+        assert not store.finish(tid, "j0", 1, time.time()).refs
         assert store.start(tid, "j0", time.time()).reason == "already-finished"
         assert not store.finish(tid, "j0", 1, time.time())  # a duplicate completion
         p = store.progress(tid)
@@ -97,7 +102,7 @@ class StoreTests:
         store.start(tid, "j1", time.time())
         d = store.finish(tid, "j1", 1, time.time())
         assert d.refs == ("f0",)
-        assert not store.finish(tid, "j1", 1, time.time())  # a redelivered last job: no second f0
+        assert not store.finish(tid, "j1", 1, time.time()).refs  # a redelivered last job: no second f0
         p = store.progress(tid)
         assert p is not None and p.state == TaskState.FINALIZING and p.succeeded == 2
 
@@ -116,7 +121,7 @@ class StoreTests:
             for tid in tasks:
                 for _ in range(2):  # every completion delivered twice
                     d = store.finish(tid, f"j{i}", 1, time.time())
-                    if d:
+                    if d.refs:
                         with lock:
                             got.append(d)
 
@@ -136,7 +141,8 @@ class StoreTests:
         assert only(store.claim_due(t0 + 1), tid) == []  # lease still valid
         assert store.renew(tid, "j0", 1, t0 + LEASE * 0.9)
         assert only(store.claim_due(t0 + LEASE * 1.5), tid) == []  # renewed
-        assert only(store.claim_due(t0 + LEASE * 2 + 1), tid) == ["j0"]  # the worker died
+        assert only(store.claim_due(t0 + LEASE * 2 + 1), tid) == []  # the worker died: j0 back in line
+        assert store.job_states(tid)["j0"] == "pending"
         assert not store.renew(tid, "j0", 1, t0 + LEASE * 2 + 1)
         assert store.start(tid, "j0", t0 + LEASE * 2 + 2).attempt == 2
         assert not store.finish(tid, "j0", 1, time.time(), error=err("j0", 1))  # the dead attempt's news
@@ -153,8 +159,8 @@ class StoreTests:
         for round_ in range(2):
             assert store.start(tid, "j0", now).run
             now += LEASE + 1
-            refs = only(store.claim_due(now), tid)
-            assert refs == (["j0"] if round_ == 0 else [])
+            assert only(store.claim_due(now), tid) == []
+            assert store.job_states(tid)["j0"] == ("pending" if round_ == 0 else "failed")
         p = store.progress(tid)
         assert p is not None and p.state == TaskState.FAILED and p.failed == 1
         (f,) = store.failures(tid)
@@ -165,10 +171,12 @@ class StoreTests:
         store.seal(tid, time.time())
         now = time.time()
         store.start(tid, "j0", now)
-        assert not store.finish(tid, "j0", 1, now, error=err("j0", 1))  # nothing sent yet
+        assert not store.finish(tid, "j0", 1, now, error=err("j0", 1)).refs  # nothing sent yet
         assert store.start(tid, "j0", now + 1).reason == "retry-not-due"
-        assert only(store.claim_due(now + 5), tid) == []
-        assert only(store.claim_due(now + 11), tid) == ["j0"]
+        store.claim_due(now + 5)
+        assert store.job_states(tid)["j0"] == "retry_wait"
+        store.claim_due(now + 11)
+        assert store.job_states(tid)["j0"] == "pending"  # back in line for a ticket
         assert store.start(tid, "j0", now + 11).attempt == 2
 
     def test_a_follow_up_that_never_started_is_sent_again(self, store: Store) -> None:
@@ -178,17 +186,30 @@ class StoreTests:
         assert store.start(tid, "f1", now).run is False  # out of turn
         assert only(store.claim_due(now + LEASE + 1), tid) == ["f0"]
 
-    def test_refs_of_a_packed_message_are_guarded_until_started(self, store: Store) -> None:
-        # Given a message carrying j0..j3, received by a worker that starts j0 and dies
-        tid = self._task(store, n=4)
+    def test_jobs_of_a_batch_not_reached_stay_in_line(self, store: Store) -> None:
+        # Given a task whose jobs run 4 per ticket, and a worker that runs j0, starts j1 and dies
+        q = fresh_id("q")
+        tid = self._task(store, n=4, queue=q, per_message=4)
         store.seal(tid, time.time())
         now = time.time()
-        assert store.start_packed(tid, ["j0", "j1", "j2", "j3"], now).run
-        assert store.start(tid, "j1", now).run and not store.finish(tid, "j1", 1, now)
-        # Then recovery sends the refs it never reached (and the one it was running)
-        assert only(store.claim_due(now + 1), tid) == []
-        assert only(store.claim_due(now + LEASE + 1), tid) == ["j0", "j2", "j3"]
-        assert store.guard(tid, ["j1", "j5"], now) == 0  # finished or unknown refs: nothing
+        t1, *others = store.release(q, now).tickets
+        assert len(others) == 3  # one ticket per waiting job (the window is larger)
+        s0 = store.take(q, t1, now)
+        assert (s0.task_id, s0.ref, s0.batch) == (tid, "j0", 4)
+        _, s1 = store.take_next(tid, "j0", s0.attempt, now)
+        assert s1.ref == "j1"
+        # Then j1 goes back in line when its lease expires, and j2, j3 never left it
+        store.claim_due(now + LEASE + 1)
+        assert store.job_states(tid) == {"j0": "succeeded", "j1": "pending", "j2": "pending", "j3": "pending"}
+        refs = []
+        for t in others:  # the tickets still in the queue serve them
+            st_ = store.take(q, t, now + LEASE + 2)
+            while st_.run:
+                refs.append(st_.ref)
+                _, st_ = store.take_next(tid, st_.ref, st_.attempt, now + LEASE + 2)
+        assert refs == ["j1", "j2", "j3"]  # a job back in line goes first
+        p = store.progress(tid)
+        assert p is not None and p.state == TaskState.SUCCEEDED
 
     def test_ids_and_transitions_errors(self, store: Store) -> None:
         tid = self._task(store, n=0)
@@ -369,7 +390,7 @@ class StoreMachine(RuleBasedStateMachine):
             j["fails"] += 1
             if j["fails"] <= t.retries:
                 j["state"] = "pending"
-                expected = [ref]
+                expected = [ref] if kind != "j" else []  # a job goes back in line for a ticket
             else:
                 j["state"] = "failed"
                 if kind == "j":
@@ -412,7 +433,7 @@ class StoreMachine(RuleBasedStateMachine):
             expected = [fin_failed]
         else:
             t.state = "running" if t.sealed else "open"
-            expected = self._advance(t) or refs
+            expected = self._advance(t)  # the jobs are back in line for tickets
         assert sorted(self.store.retry(tid, time.time()).refs) == sorted(expected)
 
     @invariant()

@@ -32,9 +32,10 @@ from multistep_core import (
     TaskState,
     WaitTimeout,
 )
-from multistep_core.model import JOB, Dispatch, encode_message
+from multistep_core.model import JOB, encode_message, encode_ticket
 
 from . import jobs
+from .fair_suite import FairShareTests
 from .harness import DEFAULT_TIMEOUT, Harness, Journal, eventually
 from .store_suite import has_job_states
 
@@ -51,7 +52,7 @@ def unregistered(path: str) -> None:
     """A plain function nobody registered."""
 
 
-class BackendTests:
+class BackendTests(FairShareTests):
     """The contract, end to end. Override ``backend_string`` (or the fixture of that name)."""
 
     backend_string: ClassVar[str | None] = None
@@ -326,6 +327,8 @@ class BackendTests:
         for ref in refs:
             for _ in range(3):
                 harness.publish_raw(encode_message(task.id, ref))
+        for ticket in range(1, 30):  # and tickets of its queue, issued or not (any copy is harmless)
+            harness.publish_raw(encode_ticket(harness.queue, ticket))
         task.add_finalization_job(jobs.record, journal.path, "fin")
         task.seal()
         p = self._wait(task, harness)
@@ -444,7 +447,7 @@ class BackendTests:
         refs = store.add_jobs(
             task.id, JOB, [json.dumps({"fn": "os:system", "args": [f"touch {canary}"]}), "{not json"], time.time()
         )
-        harness.backend.dispatch(Dispatch(task.id, harness.queue, tuple(refs)))
+        harness.backend.dispatch(store.release(harness.queue, time.time()))
         task.seal()
         p = self._wait(task, harness)
         # Then both failed with a reason, nothing ran, nothing is stuck

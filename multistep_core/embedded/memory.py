@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
+from ..fairshare import DEFAULT_WINDOW, QueueRow
 from ..model import JobState, Rejected, TaskState
 from ..store import DEFAULT_LEASE, JobRow, RowStore, TaskRow, Txn
 
@@ -32,7 +33,7 @@ class _MemoryTxn(Txn):
         jobs = self.s._jobs.get(task_id)
         return None if jobs is None else jobs.get(ref)
 
-    def put_job(self, task_id: str, row: JobRow, *, new: bool = False) -> None:
+    def put_job(self, task_id: str, row: JobRow) -> None:
         self.s._jobs[task_id][row.ref] = row
         key = (task_id, row.ref)
         if row.due_at is None:
@@ -68,6 +69,15 @@ class _MemoryTxn(Txn):
             self.s._due.pop((task_id, ref), None)
         return found
 
+    def get_queue(self, name: str) -> QueueRow | None:
+        return self.s._queues.get(name)
+
+    def put_queue(self, row: QueueRow) -> None:
+        self.s._queues[row.name] = row
+
+    def queues(self) -> list[str]:
+        return list(self.s._queues)
+
     def add_rejected(self, item: Rejected) -> None:
         self.s._rejected.append(item)
 
@@ -82,8 +92,9 @@ class _MemoryTxn(Txn):
 class MemoryStore(RowStore):
     """Task state in this process's memory. ``memory://`` in a backend string."""
 
-    def __init__(self, *, lease: float = DEFAULT_LEASE, max_rejected: int = 1000) -> None:
-        super().__init__(lease=lease)
+    def __init__(self, *, lease: float = DEFAULT_LEASE, window: int = DEFAULT_WINDOW, max_rejected: int = 1000) -> None:
+        super().__init__(lease=lease, window=window)
+        self._queues: dict[str, QueueRow] = {}
         self._lock = threading.RLock()
         self._tasks: dict[str, TaskRow] = {}
         self._jobs: dict[str, dict[str, JobRow]] = {}

@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ..fairshare import DEFAULT_WINDOW, QueueRow
 from ..listing import TaskPage, TaskQuery, like_pattern
 from ..model import JobState, Rejected, TaskOptions, TaskState
 from ..store import DEFAULT_LEASE, JobRow, RowStore, TaskRow, Txn
@@ -35,8 +36,10 @@ CREATE TABLE IF NOT EXISTS ms_tasks (
     fin_done INTEGER NOT NULL DEFAULT 0,
     has_callback INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    sealed_at REAL, finished_at REAL, cancelled_by TEXT, cancelled_at REAL, expires_at REAL
+    sealed_at REAL, finished_at REAL, cancelled_by TEXT, cancelled_at REAL, expires_at REAL,
+    sched TEXT
 );
+CREATE TABLE IF NOT EXISTS ms_queues (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS ms_tasks_state ON ms_tasks (state, created_at);
 -- pages of tasks (listing.py): walk by creation time, skip expired rows, match ids, all in the index
 CREATE INDEX IF NOT EXISTS ms_tasks_page ON ms_tasks (created_at, expires_at, id);
@@ -64,7 +67,7 @@ CREATE TABLE IF NOT EXISTS ms_rejected (
 
 _TASK_COLS = (
     "id, state, options, sealed, total, running, succeeded, failed, fin_total, fin_done, "
-    "has_callback, created_at, sealed_at, finished_at, cancelled_by, cancelled_at, expires_at"
+    "has_callback, created_at, sealed_at, finished_at, cancelled_by, cancelled_at, expires_at, sched"
 )
 _JOB_COLS = "ref, spec, state, attempt, fails, lost, due_at, error, result, started_at, finished_at"
 
@@ -74,15 +77,25 @@ def _task_from(r: Sequence[Any]) -> TaskRow:
         id=r[0], state=TaskState(r[1]), options=TaskOptions.from_dict(json.loads(r[2])), sealed=bool(r[3]),
         total=r[4], running=r[5], succeeded=r[6], failed=r[7], fin_total=r[8], fin_done=r[9],
         has_callback=bool(r[10]), created_at=r[11], sealed_at=r[12], finished_at=r[13],
-        cancelled_by=r[14], cancelled_at=r[15], expires_at=r[16],
+        cancelled_by=r[14], cancelled_at=r[15], expires_at=r[16], **_sched_from(r[17]),
     )
+
+
+def _sched_from(text: str | None) -> dict[str, Any]:
+    d = json.loads(text) if text else {}
+    return {"next_job": d.get("next", 0), "requeue": d.get("requeue", []), "per_message": d.get("batch", 1),
+            "vt": d.get("vt", 0.0)}
+
+
+def _sched_text(t: TaskRow) -> str:
+    return json.dumps({"next": t.next_job, "requeue": t.requeue, "batch": t.per_message, "vt": t.vt})
 
 
 def _task_values(t: TaskRow) -> tuple[Any, ...]:
     return (
         t.id, t.state.value, json.dumps(t.options.to_dict()), int(t.sealed), t.total, t.running,
         t.succeeded, t.failed, t.fin_total, t.fin_done, int(t.has_callback), t.created_at,
-        t.sealed_at, t.finished_at, t.cancelled_by, t.cancelled_at, t.expires_at,
+        t.sealed_at, t.finished_at, t.cancelled_by, t.cancelled_at, t.expires_at, _sched_text(t),
     )
 
 
@@ -111,7 +124,7 @@ class _SQLiteTxn(Txn):
 
     def put_task(self, row: TaskRow, *, new: bool = False) -> None:
         verb = "INSERT" if new else "REPLACE"
-        self.db.execute(f"{verb} INTO ms_tasks ({_TASK_COLS}) VALUES ({','.join('?' * 17)})", _task_values(row))
+        self.db.execute(f"{verb} INTO ms_tasks ({_TASK_COLS}) VALUES ({','.join('?' * 18)})", _task_values(row))
 
     def get_job(self, task_id: str, ref: str) -> JobRow | None:
         r = self.db.execute(
@@ -119,7 +132,7 @@ class _SQLiteTxn(Txn):
         ).fetchone()
         return None if r is None else _job_from(r)
 
-    def put_job(self, task_id: str, row: JobRow, *, new: bool = False) -> None:
+    def put_job(self, task_id: str, row: JobRow) -> None:
         self.db.execute(
             f"REPLACE INTO ms_jobs (task_id, {_JOB_COLS}) VALUES ({','.join('?' * 12)})", _job_values(task_id, row)
         )
@@ -190,6 +203,18 @@ class _SQLiteTxn(Txn):
         self.db.execute("DELETE FROM ms_jobs WHERE task_id = ?", (task_id,))
         return self.db.execute("DELETE FROM ms_tasks WHERE id = ?", (task_id,)).rowcount > 0
 
+    def get_queue(self, name: str) -> QueueRow | None:
+        r = self.db.execute("SELECT data FROM ms_queues WHERE name = ?", (name,)).fetchone()
+        return QueueRow.from_dict(json.loads(r[0])) if r else None
+
+    def put_queue(self, row: QueueRow) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO ms_queues (name, data) VALUES (?, ?)", (row.name, json.dumps(row.to_dict()))
+        )
+
+    def queues(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT name FROM ms_queues")]
+
     def add_rejected(self, item: Rejected) -> None:
         self.db.execute("INSERT INTO ms_rejected (raw, reason, at) VALUES (?, ?, ?)", (item.raw, item.reason, item.at))
         self.db.execute(
@@ -211,8 +236,11 @@ class _SQLiteTxn(Txn):
 class SQLiteStore(RowStore):
     """Task state in a SQLite file. Safe across threads and processes."""
 
-    def __init__(self, path: str = "multistep.db", *, lease: float = DEFAULT_LEASE, max_rejected: int = 1000) -> None:
-        super().__init__(lease=lease)
+    def __init__(
+        self, path: str = "multistep.db", *, lease: float = DEFAULT_LEASE, window: int = DEFAULT_WINDOW,
+        max_rejected: int = 1000,
+    ) -> None:
+        super().__init__(lease=lease, window=window)
         self.path = path
         self.max_rejected = max_rejected
         self._local = threading.local()
@@ -229,7 +257,11 @@ class SQLiteStore(RowStore):
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
-        self._conn().executescript(SCHEMA)
+        db = self._conn()
+        db.executescript(SCHEMA)
+        cols = {r[1] for r in db.execute("PRAGMA table_info(ms_tasks)")}
+        if "sched" not in cols:  # a file made before fair-share dispatch
+            db.execute("ALTER TABLE ms_tasks ADD COLUMN sched TEXT")
 
     def _forget_connections(self) -> None:
         """In a forked child: never use (nor close) a connection of the parent; keep a reference
