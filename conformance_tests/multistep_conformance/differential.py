@@ -577,7 +577,7 @@ class DifferentialTests:
             second = p.do("take", queue=q, ticket=2)
             assert {first.task_id, second.task_id} == {a, b}
             assert p.do("take", queue=q, ticket=3).reason == "capped"
-            d, nxt = p.do("take_next", task_id=a, ref="j0", attempt=1, outcome="ok", result="1")
+            _, nxt = p.do("take_next", task_id=a, ref="j0", attempt=1, outcome="ok", result="1")
             assert nxt.run and nxt.ref == "j1"
             p.do("finish", task_id=b, ref="j0", attempt=1, outcome="ok")
             p.tick_to(p.run.now + 2 * lease)
