@@ -492,6 +492,11 @@ class RowStore(Store):
         if task.options.policy == Policy.FAIL and task.failed > 0:
             return self._fail(tx, qs, task, now)
         if task.fin_done < task.fin_total:
+            # Every job has ended: what is left in line is stale (a job that succeeded after its
+            # lease was declared lost and it was put back in line), and must not stay counted.
+            self._unschedule(qs, task)
+            task.requeue.clear()
+            task.next_job = task.total
             task.state = TaskState.FINALIZING
             return self._follow(tx, qs, task, f"f{task.fin_done}", now)
         self._finish_task(qs, task, TaskState.SUCCEEDED, now)

@@ -588,6 +588,27 @@ class DifferentialTests:
             p.do("delete", task_id=a)
             p.do("release", queue=q)
 
+    def test_a_late_success_leaves_nothing_in_line(self, native_store: Store) -> None:
+        """A job declared lost goes back in line, then its slow worker reports success after
+        all: once the task finalizes and ends, its queue counts no job waiting."""
+        with self.pair(native_store) as p:
+            a = p.run.tid("a")
+            q = p.run.queue("default")
+            p.do("create_task", task_id=a, options=TaskOptions(retention=RETENTION))
+            p.do("add_jobs", task_id=a, kind="j", specs=['{"fn":"m:a"}'])
+            p.do("add_jobs", task_id=a, kind="f", specs=['{"fn":"m:f"}'])
+            p.do("seal", task_id=a)
+            p.do("release", queue=q)
+            assert p.do("take", queue=q, ticket=1).ref == "j0"
+            p.tick_to(p.run.now + 2 * p.run.lease)
+            assert p.do("claim_due", limit=1000) == [Dispatch(a, q, (), (2,))]
+            assert p.do("finish", task_id=a, ref="j0", attempt=1, outcome="ok") == Dispatch(a, q, ("f0",))
+            assert p.do("take", queue=q, ticket=2).reason == "no-work"
+            f0 = p.do("start", task_id=a, ref="f0")
+            p.do("finish", task_id=a, ref="f0", attempt=f0.attempt, outcome="ok")
+            row = p.reference.queue_state(q)  # type: ignore[attr-defined]
+            assert (row.waiting, row.parked, row.groups) == (0, 0, {})
+
     def test_a_large_add_agrees(self, native_store: Store) -> None:
         """One add_jobs of 4,500 specs (more than one script call on Redis), then a few of
         every transition."""

@@ -142,6 +142,9 @@ local function advance()
   if T.state ~= 'running' or T.succeeded + T.failed < T.total then return nil end
   if T.policy == 'fail' and T.failed > 0 then return fail() end
   if T.fin_done < T.fin_total then
+    unschedule()  -- every job has ended: what is left in line is stale
+    redis.call('DEL', KLINE)
+    tset('next', T.total)
     tset('state', 'finalizing')
     return follow('f' .. fmti(T.fin_done))
   end
