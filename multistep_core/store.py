@@ -898,6 +898,15 @@ class RowStore(Store):
             task = tx.get_task(task_id)
             if task is not None and task.state in (TaskState.OPEN, TaskState.RUNNING):
                 self._unschedule(qs, task)
+            if task is not None and task.running > 0:
+                # Its running jobs will never report back: free their places under the group's
+                # cap, and owe back the tickets parked on them (the next top-up issues them).
+                q = qs(task.options.queue)
+                g = q.groups.get(task.group_key)
+                if g is not None:
+                    g.running -= task.running
+                    q.forget_if_idle(task.group_key)
+                q.parked = max(0, q.parked - task.running)
             return tx.delete_task(task_id)
 
     def reject(self, raw: str, reason: str, now: float) -> None:

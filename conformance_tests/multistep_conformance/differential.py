@@ -609,6 +609,24 @@ class DifferentialTests:
             row = p.reference.queue_state(q)  # type: ignore[attr-defined]
             assert (row.waiting, row.parked, row.groups) == (0, 0, {})
 
+    def test_deleting_a_task_with_running_jobs_frees_its_group(self, native_store: Store) -> None:
+        """A group capped at one running job: deleting the task whose job runs lets the
+        group's other task run (its parked ticket is owed again)."""
+        with self.pair(native_store) as p:
+            a, b = p.run.tid("a"), p.run.tid("b")
+            q = p.run.queue("default")
+            options = TaskOptions(group="tenant", group_max_concurrency=1, retention=RETENTION)
+            for t in (a, b):
+                p.do("create_task", task_id=t, options=options)
+                p.do("add_jobs", task_id=t, kind="j", specs=['{"fn":"m:a"}'])
+                p.do("seal", task_id=t)
+            assert p.do("release", queue=q).tickets == (1, 2)
+            assert p.do("take", queue=q, ticket=1).task_id == a
+            assert p.do("take", queue=q, ticket=2).reason == "capped"
+            p.do("delete", task_id=a)
+            assert p.do("release", queue=q).tickets == (3,)
+            assert p.do("take", queue=q, ticket=3).task_id == b
+
     def test_a_large_add_agrees(self, native_store: Store) -> None:
         """One add_jobs of 4,500 specs (more than one script call on Redis), then a few of
         every transition."""
