@@ -14,24 +14,43 @@ local function emit(tid, qname, d)
 end
 local items = {}
 local visited = {}
-if limit > 0 then
-  for _, tid in ipairs(redis.call('ZRANGEBYSCORE', KDUEIDX, '-inf', NOW_S, 'LIMIT', 0, limit)) do
-    bind(tid)
-    visited[#visited + 1] = tid
-    if not load_task() or expired() then
-      redis.call('DEL', unpack(ALLK))
-    else
-      local due = redis.call('ZRANGEBYSCORE', KDUE, '-inf', NOW_S, 'WITHSCORES', 'LIMIT', 0, limit)
-      for i = 1, #due, 2 do items[#items + 1] = {tonumber(due[i + 1]), tid, due[i]} end
-    end
-  end
-end
 -- rows due at the same instant in (task, ref) order, as the reference does
-table.sort(items, function(a, b)
+local function before(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   if a[2] ~= b[2] then return bytes_less(a[2], b[2]) end
   return bytes_less(a[3], b[3])
-end)
+end
+local function keep_first(n)  -- the n earliest items
+  table.sort(items, before)
+  for i = #items, n + 1, -1 do items[i] = nil end
+end
+if limit > 0 then
+  local offset = 0
+  local done = false
+  while not done do
+    local idx = redis.call('ZRANGEBYSCORE', KDUEIDX, '-inf', NOW_S, 'WITHSCORES', 'LIMIT', offset, 100)
+    if #idx == 0 then break end
+    offset = offset + #idx / 2
+    for i = 1, #idx, 2 do
+      local tid = idx[i]
+      -- index entries are lower bounds, in order: once `limit` rows are known, a task whose
+      -- bound is later than the last of them has nothing to add
+      if #items >= limit then
+        keep_first(limit)
+        if tonumber(idx[i + 1]) > items[limit][1] then done = true; break end
+      end
+      bind(tid)
+      visited[#visited + 1] = tid
+      if not load_task() or expired() then
+        redis.call('DEL', unpack(ALLK))
+      else
+        local due = redis.call('ZRANGEBYSCORE', KDUE, '-inf', NOW_S, 'WITHSCORES', 'LIMIT', 0, limit)
+        for j = 1, #due, 2 do items[#items + 1] = {tonumber(due[j + 1]), tid, due[j]} end
+      end
+    end
+  end
+end
+keep_first(limit)
 for n, it in ipairs(items) do
   if n > limit then break end
   local tid, ref = it[2], it[3]
