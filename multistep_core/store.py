@@ -520,6 +520,11 @@ class RowStore(Store):
         if task.options.policy == Policy.FAIL and task.failed > 0:
             return self._fail(tx, qs, task, now)
         if task.fin_done < task.fin_total:
+            # Every job has ended: what is left in line is stale (a job that succeeded after its
+            # lease was declared lost and it was put back in line), and must not stay counted.
+            self._unschedule(qs, task)
+            task.requeue.clear()
+            task.next_job = task.total
             task.state = TaskState.FINALIZING
             return self._follow(tx, qs, task, f"f{task.fin_done}", now)
         self._finish_task(qs, task, TaskState.SUCCEEDED, now)
@@ -923,6 +928,15 @@ class RowStore(Store):
             task = tx.get_task(task_id)
             if task is not None and task.state in (TaskState.OPEN, TaskState.RUNNING):
                 self._unschedule(qs, task)
+            if task is not None and task.running > 0:
+                # Its running jobs will never report back: free their places under the group's
+                # cap, and owe back the tickets parked on them (the next top-up issues them).
+                q = qs(task.options.queue)
+                g = q.groups.get(task.group_key)
+                if g is not None:
+                    g.running -= task.running
+                    q.forget_if_idle(task.group_key)
+                q.parked = max(0, q.parked - task.running)
             return tx.delete_task(task_id)
 
     def reject(self, raw: str, reason: str, now: float) -> None:

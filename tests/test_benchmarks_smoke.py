@@ -109,7 +109,7 @@ def test_table_from_old_results_file() -> None:
 def test_stores_benchmark_smoke(postgres_service: str) -> None:
     """benchmarks.stores at a tiny size: one record per store, every figure present."""
     _redis_or_skip()
-    pytest.importorskip("rq")
+    require_module("rq")
     cmd = [sys.executable, "-m", "benchmarks.stores", "-q", "rq", "-n", "40", "--tps-tasks", "2", "--tps-jobs", "10",
            "--per-message", "4", "--redis", REDIS, "--postgres", postgres_service, "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=ROOT)

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 from multistep_conformance import BackendTests, DifferentialTests, StoreTests
-from services import POSTGRES_URL, REDIS_ADDR
+from services import POSTGRES_URL, REDIS_ADDR, require_module
 
 from multistep_core import Store
 
-pytest.importorskip("psycopg")
+require_module("psycopg")
 
 PG = POSTGRES_URL
 

@@ -22,7 +22,7 @@ from conftest import CI
 from services import REDIS_ADDR
 
 from multistep_core import connect, hooks
-from multistep_core.model import decode_refs, encode_messages
+from multistep_core.model import Dispatch, TaskOptions, decode
 
 HERE = Path(__file__).parent
 
@@ -157,17 +157,21 @@ def test_a_task_created_inside_a_span_joins_that_trace(spans: Any) -> None:
 def test_messages_carry_a_fixed_size_trace_context_and_bad_ones_are_refused() -> None:
     tp = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
     trace = f',"tp":"{tp}","tl":"{tp}"'
-    plain = encode_messages("t", ["j0", "j99999"])
-    traced = encode_messages("t", ["j0", "j99999"], trace=trace)
-    assert [len(b) - len(a) for a, b in zip(plain, traced, strict=True)] == [len(trace)] * 2  # independent of the task
-    assert decode_refs(traced[1]) == ("t", ("j99999",))
-    assert json.loads(traced[0])["tp"] == tp
-    packed = encode_messages("t", [f"j{i}" for i in range(5)], per_message=5, trace=trace)
-    assert decode_refs(packed[0]) == ("t", ("j0", "j1", "j2", "j3", "j4"))
+    d = Dispatch("t", "q", ("f0", "f99999"), (1, 2))
+    plain, traced = d.messages(), d.messages(trace)
+    # tickets belong to no task and carry no trace; refs carry it, at a size independent of the task
+    assert [len(b) - len(a) for a, b in zip(plain, traced, strict=True)] == [0, 0, len(trace), len(trace)]
+    m = decode(traced[3])
+    assert (m.task_id, m.ref, m.tp, m.tl) == ("t", "f99999", tp, tp)
+    assert json.loads(traced[2])["tp"] == tp
+    # a job a worker takes by ticket joins its task's trace: the task keeps the create span's context
+    assert TaskOptions(trace=tp).trace == tp
     from multistep_core.errors import InvalidMessage
 
     with pytest.raises(InvalidMessage, match="'tp' must be a W3C traceparent"):
-        decode_refs('{"v":1,"task":"t","ref":"j0","tp":"00-zz"}')
+        decode('{"v":1,"task":"t","ref":"j0","tp":"00-zz"}')
+    with pytest.raises(ValueError, match="trace must be a W3C traceparent"):
+        TaskOptions(trace="00-zz")
 
 
 # -- hooks ---------------------------------------------------------------------------------

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import require_module
 
 from multistep_core import TaskOptions, TaskState
 from multistep_core.errors import BackendConnectionError, ConfigurationError, StoreError
 from multistep_core.model import Failure
 
-psycopg = pytest.importorskip("psycopg")
+psycopg: Any = require_module("psycopg")
 
 from multistep_core.postgres import PostgresStore, schema  # noqa: E402
 
@@ -428,7 +429,7 @@ def _pg_ctl() -> list[str]:
 def test_tasks_resume_after_the_database_server_restarts(postgres_service: str, prefix: str, tmp_path: Path) -> None:
     """RQ workers (separate processes) with their task state in PostgreSQL; the server restarts
     while jobs are running: every connection breaks, workers reconnect and the task ends exact."""
-    pytest.importorskip("rq")
+    require_module("rq")
     from multistep_conformance import Harness, Journal, eventually, jobs
     from services import REDIS_ADDR
 

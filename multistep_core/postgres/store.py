@@ -270,22 +270,14 @@ class PostgresStore(RowStore):
     def start(self, task_id: str, ref: str, *args: Any, **kwargs: Any) -> Start:
         return self._run(super().start, task_id, ref, *args, hint=(task_id, (ref,)), **kwargs)
 
-    def guard(self, task_id: str, refs: Sequence[str], *args: Any, **kwargs: Any) -> int:
-        return self._run(super().guard, task_id, refs, *args, hint=(task_id, tuple(refs)), **kwargs)
-
-    def start_packed(self, task_id: str, refs: Sequence[str], *args: Any, **kwargs: Any) -> Start:
-        return self._together(task_id, refs, super().start_packed, task_id, refs, *args, **kwargs)
-
     def renew(self, task_id: str, ref: str, *args: Any, **kwargs: Any) -> bool:
         return self._run(super().renew, task_id, ref, *args, hint=(task_id, (ref,)), **kwargs)
 
     def finish(self, task_id: str, ref: str, *args: Any, **kwargs: Any) -> Dispatch:
         return self._run(super().finish, task_id, ref, *args, hint=(task_id, (ref,)), **kwargs)
 
-    def finish_then_start(self, task_id: str, ref: str, attempt: int, now: float, next_ref: str,
-                          **kwargs: Any) -> tuple[Dispatch, Start]:
-        return self._together(task_id, (ref, next_ref), super().finish_then_start, task_id, ref, attempt, now,
-                              next_ref, **kwargs)
+    def take_next(self, task_id: str, ref: str, *args: Any, **kwargs: Any) -> tuple[Dispatch, Start]:
+        return self._run(super().take_next, task_id, ref, *args, hint=(task_id, (ref,)), **kwargs)
 
     def cancel(self, *args: Any, **kwargs: Any) -> bool:
         return self._run(super().cancel, *args, **kwargs)
