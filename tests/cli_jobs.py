@@ -51,3 +51,13 @@ def record(path: str, *items: object) -> None:
 
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(list(items)) + "\n")
+
+
+hold = threading.Event()
+
+
+@job
+def held(x: int) -> int:
+    """Runs until ``hold`` is set (tests open it), so a task stays with jobs running."""
+    hold.wait(60)
+    return x

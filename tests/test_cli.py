@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,33 @@ def test_help_on_every_command(command: str) -> None:
 def test_group_help_documents_exit_codes() -> None:
     r = run("--help")
     assert "Exit codes" in r.stdout and "3  no task" in r.stdout
+
+
+def test_ls_and_show_tell_the_group_the_running_jobs_under_the_cap_and_the_share(tmp_path: Path) -> None:
+    # Given a capped task of a group and an uncapped task sharing one queue, jobs held running
+    url = f"sqlite:///{tmp_path / 'share.db'}?threads=3"
+    backend = connect(url)
+    cli_jobs.hold.clear()
+    try:
+        with backend.create_task("capped", group="tenant-a", max_concurrency=1) as capped:
+            capped.add_jobs(cli_jobs.held, [1, 2, 3])
+        with backend.create_task("free") as free:
+            free.add_jobs(cli_jobs.held, [1, 2, 3])
+        deadline = time.monotonic() + 30
+        while (capped.progress().running, free.progress().running) != (1, 2) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (capped.progress().running, free.progress().running) == (1, 2)
+        # When an operator lists and shows them
+        listed = run("-b", url, "ls")
+        shown = run("-b", url, "show", "capped")
+        listed_json = json.loads(run("-b", url, "ls", "--json").output)
+    finally:
+        cli_jobs.hold.set()
+        backend.close()
+    # Then the group, running/limit and the share of the queue's running jobs are there
+    row = next(line for line in listed.output.splitlines() if "capped" in line)
+    assert "tenant-a" in row and "1/1" in row and "33 %" in row
+    assert "group tenant-a" in shown.output and "running 1 of at most 1" in shown.output
+    assert "33 % of the 3 jobs running on queue default" in " ".join(shown.output.replace("│", " ").split())
+    opts = {t["task_id"]: t["options"] for t in listed_json}
+    assert opts["capped"]["group"] == "tenant-a" and opts["capped"]["max_concurrency"] == 1

@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from ..backend import Backend
 from ..model import Progress as TaskProgress
 from ..model import Rejected, TaskState
 from .base import (
@@ -52,12 +53,19 @@ def ls_cmd(ctx: click.Context, state_filter: str | None, limit: int, as_json: bo
         table.add_column("jobs", justify="right", no_wrap=True)
         table.add_column("failed", justify="right")
         table.add_column("finalizers", justify="right", no_wrap=True)
+        table.add_column("group", no_wrap=True)
+        table.add_column("running", justify="right", no_wrap=True)
+        table.add_column("share", justify="right", no_wrap=True)
         table.add_column("age", justify="right", no_wrap=True)
+        running_on = queue_running(backend, {p.options.queue for p in tasks if not p.state.terminal})
         for p in tasks:
+            o = p.options
             table.add_row(
                 p.task_id, state_text(p.state), f"{p.done}/{p.total}",
                 Text(str(p.failed), style="red" if p.failed else ""),
-                f"{p.finalizers_done}/{p.finalizers_total}", age(p.created_at, now),
+                f"{p.finalizers_done}/{p.finalizers_total}", o.group or "-",
+                f"{p.running}/{o.max_concurrency}" if o.max_concurrency else str(p.running),
+                share_of(p, running_on), age(p.created_at, now),
             )
         if tasks:
             out().print(table)
@@ -67,7 +75,40 @@ def ls_cmd(ctx: click.Context, state_filter: str | None, limit: int, as_json: bo
         hint(MEMORY_HINT)
 
 
-def progress_table(p: TaskProgress) -> Table:
+def queue_running(backend: Backend, queues: set[str]) -> dict[str, int]:
+    """Jobs running on each queue, from the store's scheduling state (docs/fairness.md), for
+    stores that expose it (``queue_state``)."""
+    read = getattr(backend.store, "queue_state", None)
+    out: dict[str, int] = {}
+    if read is None:
+        return out
+    for q in sorted(queues):
+        row = read(q)
+        out[q] = sum(g.running for g in row.groups.values()) if row is not None else 0
+    return out
+
+
+def share_of(p: TaskProgress, running_on: dict[str, int]) -> str:
+    """The task's share of the jobs running on its queue right now."""
+    total = running_on.get(p.options.queue, 0)
+    if p.state.terminal or not total:
+        return "-"
+    return f"{100 * p.running / total:.0f} %"
+
+
+def share_line(p: TaskProgress, running_on: dict[str, int]) -> str:
+    o = p.options
+    parts = [f"group {o.group or '(a group of its own)'}", f"weight {o.weight:g}",
+             f"running {p.running}" + (f" of at most {o.max_concurrency}" if o.max_concurrency else "")]
+    if o.group_max_concurrency:
+        parts.append(f"group at most {o.group_max_concurrency} running")
+    share = share_of(p, running_on)
+    if share != "-":
+        parts.append(f"{share} of the {running_on[o.queue]} jobs running on queue {o.queue}")
+    return ", ".join(parts)
+
+
+def progress_table(p: TaskProgress, running_on: dict[str, int] | None = None) -> Table:
     t = Table(show_header=False, title=f"task {p.task_id}", title_justify="left")
     t.add_column(style="bold")
     t.add_column(overflow="fold")
@@ -89,6 +130,7 @@ def progress_table(p: TaskProgress) -> Table:
     t.add_row("options", f"policy={o.policy.value} max_retries={o.max_retries} backoff={o.backoff}s "
                          f"backoff_max={o.backoff_max}s max_lost={o.max_lost} keep_results={o.keep_results} "
                          f"retention={o.retention:g}s queue={o.queue}")
+    t.add_row("share", share_line(p, running_on or {}))
     return t
 
 
@@ -117,7 +159,7 @@ def show(ctx: click.Context, task_id: str, limit: int, as_json: bool) -> None:
         })
         ctx.exit(exit_code_of(p))
     console = out()
-    console.print(progress_table(p))
+    console.print(progress_table(p, queue_running(backend, {p.options.queue})))
     if failures:
         console.print(Text(f"{len(failures)} failure(s) in {len(groups)} group(s):", style="bold red"))
         for g in groups[:limit]:
