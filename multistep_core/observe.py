@@ -327,6 +327,8 @@ def job_message(backend: Backend, task_id: str, ref: str) -> str:
     from .model import encode_message
 
     msg = encode_message(task_id, ref)
+    if not _otel_state:
+        _recheck_otel()  # the first job of a worker whose SDK was set up after its Backend
     if hooks.trace_context is None:
         return msg
     with _queues_lock:
