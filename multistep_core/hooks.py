@@ -44,13 +44,20 @@ Events and their arguments (every event also gets ``backend``, the
 ``finalizer_started``    as ``job_started``, ``kind`` is ``"finalizer"`` or ``"callback"``.
 ``finalizer_finished``   as ``job_finished``, for finalizers and failure callbacks.
 ``delivery_skipped``     ``task_id``, ``ref``, ``reason`` (``duplicate``, ``out-of-turn``, ``cancelled``,
-                         ``task-ended``, ``retry-not-due``), ``detail`` (the store's reason, e.g.
-                         ``already-finished``): a delivery the store refused to start.
+                         ``task-ended``, ``retry-not-due``, ``no-work``), ``detail`` (the store's reason,
+                         e.g. ``already-finished``): a delivery the store refused to start. For a ticket
+                         (which belongs to no task) ``task_id`` and ``ref`` are ``""``: ``stale-ticket``
+                         (taken already) is a ``duplicate``, ``capped``/``no-work`` are ``no-work``.
 ``message_rejected``     ``reason``, ``raw``: a message refused and recorded (malformed, forged, or
                          for a task or job that does not exist).
-``recovery_resent``      ``task_id``, ``queue``, ``refs``, ``reason`` (``job``, ``finalizer`` or
-                         ``callback``: what recovery sent again; the store's claim does not say
-                         whether a lease expired, a backoff passed or a follow-up was never started).
+``recovery_resent``      ``task_id``, ``queue``, ``refs``, ``tickets``, ``reason``: what one recovery
+                         dispatch sent again. ``refs``: a finalizer's or the failure callback's ref
+                         (``reason`` ``finalizer``/``callback``); ``tickets``: how many tickets it
+                         issued on ``queue`` (a lost worker's job, a retry whose backoff passed, a
+                         ticket presumed lost; ``reason`` ``ticket`` when ``refs`` is empty, and
+                         ``task_id`` is ``""`` for tickets no one task's event issued). Jobs start by
+                         ticket, so a job is never resent by ref; the store's claim does not say
+                         whether a lease expired, a backoff passed or a follow-up was never started.
 
 State changes: the store decides transitions atomically and answers with the messages to
 send, not the new state. The core reports ``task_state_changed`` where the caller can tell:

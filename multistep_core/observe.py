@@ -404,7 +404,8 @@ def retried(backend: Backend, task_id: str) -> None:
 def recovered(backend: Backend, d: Dispatch) -> None:
     if hooks.recovery_resent:
         hooks.recovery_resent.send(backend=backend, task_id=d.task_id, queue=d.queue, refs=list(d.refs),
-                                   reason=hooks.KINDS.get(d.refs[0][:1], "job") if d.refs else "job")
+                                   tickets=len(d.tickets),
+                                   reason=hooks.KINDS.get(d.refs[0][:1], "job") if d.refs else "ticket")
 
 
 def log_extra(task_id: str, ref: str | None = None, attempt: int | None = None) -> dict[str, Any]:

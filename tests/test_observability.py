@@ -521,15 +521,17 @@ def test_recovery_resending_a_lost_workers_job_is_reported() -> None:
         store.create_task("lost-1", TaskOptions(queue="q9"), time.time())
         store.add_jobs("lost-1", "j", [make_spec(obs_jobs.work, (4,), {}).to_json()], time.time())
         store.seal("lost-1", time.time())
-        assert store.start("lost-1", "j0", time.time()).run
+        (ticket,) = store.release("q9", time.time()).tickets
+        assert store.take("q9", ticket, time.time()).ref == "j0"
         # When recovery runs after the lease expired
         assert backend.recover(now=time.time() + 5) == 1
-        # Then the resend is reported, and the job runs again and the task ends
+        # Then the resend (a ticket for the job back in line) is reported, and the job runs again
         assert backend.get_task("lost-1").wait(timeout=30).state == "succeeded"
     finally:
         hooks.recovery_resent.disconnect(rec)
         backend.close()
-    assert [(kw["task_id"], kw["refs"], kw["reason"], kw["queue"]) for kw in resent] == [("lost-1", ["j0"], "job", "q9")]
+    assert [(kw["task_id"], kw["refs"], kw["tickets"], kw["reason"], kw["queue"]) for kw in resent] == [
+        ("lost-1", [], 1, "ticket", "q9")]
 
 
 def test_the_failure_callback_has_its_span_linked_to_the_job_that_failed_the_task(spans: Any) -> None:
@@ -550,9 +552,10 @@ def test_the_failure_callback_has_its_span_linked_to_the_job_that_failed_the_tas
     rows = _dicts(spans)
     (cb,) = [s for s in rows if s["name"] == "callback obs.fin"]
     (failed,) = [s for s in rows if s["attributes"].get("multistep.ref") == "j1"]
-    (send,) = [s for s in rows if s["name"].startswith("send")]
+    (create,) = [s for s in rows if s["name"].startswith("create")]
     assert failed["status"] == "ERROR" and cb["status"] == "UNSET"
-    assert cb["parent"] == send["span"] and cb["links"][0] == failed["span"]
+    # a sibling of the jobs (a child of the task's create span), linked to the job that failed it
+    assert cb["parent"] == create["span"] == failed["parent"] and cb["links"][0] == failed["span"]
     assert cb["attributes"]["multistep.kind"] == "callback" and cb["attributes"]["multistep.ref"] == "x0"
 
 
@@ -610,8 +613,9 @@ def test_a_job_resent_by_recovery_stays_in_its_tasks_trace(spans: Any) -> None:
         store = backend.store
         store.add_jobs(task.id, "j", [make_spec(obs_jobs.work, (3,), {}).to_json()], time.time())
         store.seal(task.id, time.time())
-        assert store.start(task.id, "j0", time.time()).run
-        # When recovery sends it again and it runs
+        (ticket,) = store.release("q7", time.time()).tickets
+        assert store.take("q7", ticket, time.time()).ref == "j0"
+        # When recovery sends it again (a ticket: the job's trace comes from its task) and it runs
         assert backend.recover(now=time.time() + 5) == 1
         assert task.wait(timeout=30).state == "succeeded"
         deadline = time.monotonic() + 10
