@@ -628,3 +628,37 @@ def test_a_job_resent_by_recovery_stays_in_its_tasks_trace(spans: Any) -> None:
     (create,) = [s for s in rows if s["name"] == "create q7"]
     (job,) = [s for s in rows if s["name"] == "job obs.work"]
     assert job["trace"] == create["trace"] and job["parent"] == create["span"]
+
+
+def test_a_finalizer_resent_by_recovery_in_a_process_that_never_saw_its_task_joins_its_trace(spans: Any) -> None:
+    import obs_jobs
+
+    from multistep_core import otel
+    from multistep_core.registry import make_spec
+
+    backend = connect("memory://?lease=0.5")
+    backend.stop_recovery()
+    try:
+        # Given a task whose only finalizer's worker died after starting it
+        task = backend.create_task(queue="q6")
+        store = backend.store
+        store.add_jobs(task.id, "f", [make_spec(obs_jobs.fin, ("z",), {}).to_json()], time.time())
+        assert store.seal(task.id, time.time()).refs == ("f0",)
+        assert store.start(task.id, "f0", time.time()).run
+        # and a recovering process that neither created the task nor ran its jobs
+        with otel._lock:
+            otel._created.pop(task.id, None)
+        # When recovery sends the finalizer again and it runs
+        assert backend.recover(now=time.time() + 5) == 1
+        assert task.wait(timeout=30).state == "succeeded"
+        deadline = time.monotonic() + 10
+        while not [s for s in _dicts(spans) if s["name"] == "finalizer obs.fin"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        backend.close()
+    # Then its span is in the task's trace: the message carried the context the task keeps
+    rows = _dicts(spans)
+    (create,) = [s for s in rows if s["name"] == "create q6"]
+    (fin,) = [s for s in rows if s["name"] == "finalizer obs.fin"]
+    assert fin["trace"] == create["trace"] and fin["parent"] == create["span"]
