@@ -26,15 +26,17 @@ Events and their arguments (every event also gets ``backend``, the
 ``task_created``         ``task_id``, ``queue``, ``options`` (a :class:`~multistep_core.model.TaskOptions`)
                          — in the process that created the task.
 ``jobs_added``           ``task_id``, ``queue``, ``kind`` (``"job"``/``"finalizer"``), ``refs``
-                         — after the store call, before the messages are sent.
-``jobs_sent``            ``task_id``, ``queue``, ``refs`` — after the messages of added jobs were sent.
+                         — after the store call, before the queue gets tickets for them.
+``jobs_sent``            ``task_id``, ``queue``, ``refs`` — after the tickets the added jobs released
+                         were sent (jobs wait in the store; docs/fairness.md).
 ``task_sealed``          ``task_id``.
 ``task_state_changed``   ``task_id``, ``state`` (a :class:`~multistep_core.model.TaskState`): the task
                          entered ``state``, reported once, by the process whose call made the change
                          (see "State changes" below).
 ``job_started``          ``task_id``, ``ref``, ``attempt``, ``fn``, ``kind`` (``"job"``), ``queue``,
-                         ``message`` (the raw message text) — the store started the attempt; the
-                         call follows, in this thread.
+                         ``message`` (the message text: for a job taken by ticket, its task's and ref's
+                         message with the task's trace context, as if sent by ref) — the store
+                         started the attempt; the call follows, in this thread.
 ``job_finished``         the same plus ``outcome`` (``"succeeded"``/``"failed"``, or ``"interrupted"``
                          when the store or the queue raised before the outcome was recorded), ``duration``
                          (seconds from the start to the recorded outcome: the call and the finish
