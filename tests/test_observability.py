@@ -534,6 +534,41 @@ def test_recovery_resending_a_lost_workers_job_is_reported() -> None:
         ("lost-1", [], 1, "ticket", "q9")]
 
 
+def test_the_recovered_counter_counts_the_tickets_recovery_issued() -> None:
+    _need("prometheus_client")
+    import obs_jobs
+    from prometheus_client import REGISTRY
+
+    from multistep_core import prometheus
+    from multistep_core.model import TaskOptions
+    from multistep_core.registry import make_spec
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("multistep_recovered_total", {"reason": "ticket"}) or 0.0
+
+    backend = connect("memory://?lease=0.5")
+    backend.stop_recovery()
+    prometheus.instrument()
+    try:
+        # Given two jobs whose worker took them by ticket and died
+        store = backend.store
+        store.create_task("lost-2", TaskOptions(queue="q5"), time.time())
+        spec = make_spec(obs_jobs.work, (4,), {}).to_json()
+        store.add_jobs("lost-2", "j", [spec, spec], time.time())
+        store.seal("lost-2", time.time())
+        tickets = store.release("q5", time.time()).tickets
+        assert sorted(store.take("q5", t, time.time()).ref for t in tickets) == ["j0", "j1"]
+        before = count()
+        # When recovery sends them again
+        sent = backend.recover(now=time.time() + 5)
+        # Then the counter went up by the tickets it sent, and the task ends
+        assert sent == 2 and count() - before == 2
+        assert backend.get_task("lost-2").wait(timeout=30).state == "succeeded"
+    finally:
+        prometheus.uninstrument()
+        backend.close()
+
+
 def test_the_failure_callback_has_its_span_linked_to_the_job_that_failed_the_task(spans: Any) -> None:
     import obs_jobs
 
