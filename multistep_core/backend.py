@@ -178,7 +178,7 @@ class Backend:
         """Enqueue the messages a transition asked for (tickets and follow-up refs)."""
         if not d:
             return
-        msgs = d.messages(observe.trace_members(d.task_id) if d.refs else "")
+        msgs = d.messages(observe.trace_members(d.task_id, self) if d.refs else "")
         for i in range(0, len(msgs), ADD_CHUNK):
             self.queue.enqueue(d.queue, msgs[i : i + ADD_CHUNK])
 

@@ -26,15 +26,17 @@ Events and their arguments (every event also gets ``backend``, the
 ``task_created``         ``task_id``, ``queue``, ``options`` (a :class:`~multistep_core.model.TaskOptions`)
                          — in the process that created the task.
 ``jobs_added``           ``task_id``, ``queue``, ``kind`` (``"job"``/``"finalizer"``), ``refs``
-                         — after the store call, before the messages are sent.
-``jobs_sent``            ``task_id``, ``queue``, ``refs`` — after the messages of added jobs were sent.
+                         — after the store call, before the queue gets tickets for them.
+``jobs_sent``            ``task_id``, ``queue``, ``refs`` — after the tickets the added jobs released
+                         were sent (jobs wait in the store; docs/fairness.md).
 ``task_sealed``          ``task_id``.
 ``task_state_changed``   ``task_id``, ``state`` (a :class:`~multistep_core.model.TaskState`): the task
                          entered ``state``, reported once, by the process whose call made the change
                          (see "State changes" below).
 ``job_started``          ``task_id``, ``ref``, ``attempt``, ``fn``, ``kind`` (``"job"``), ``queue``,
-                         ``message`` (the raw message text) — the store started the attempt; the
-                         call follows, in this thread.
+                         ``message`` (the message text: for a job taken by ticket, its task's and ref's
+                         message with the task's trace context, as if sent by ref) — the store
+                         started the attempt; the call follows, in this thread.
 ``job_finished``         the same plus ``outcome`` (``"succeeded"``/``"failed"``, or ``"interrupted"``
                          when the store or the queue raised before the outcome was recorded), ``duration``
                          (seconds from the start to the recorded outcome: the call and the finish
@@ -44,13 +46,20 @@ Events and their arguments (every event also gets ``backend``, the
 ``finalizer_started``    as ``job_started``, ``kind`` is ``"finalizer"`` or ``"callback"``.
 ``finalizer_finished``   as ``job_finished``, for finalizers and failure callbacks.
 ``delivery_skipped``     ``task_id``, ``ref``, ``reason`` (``duplicate``, ``out-of-turn``, ``cancelled``,
-                         ``task-ended``, ``retry-not-due``), ``detail`` (the store's reason, e.g.
-                         ``already-finished``): a delivery the store refused to start.
+                         ``task-ended``, ``retry-not-due``, ``no-work``), ``detail`` (the store's reason,
+                         e.g. ``already-finished``): a delivery the store refused to start. For a ticket
+                         (which belongs to no task) ``task_id`` and ``ref`` are ``""``: ``stale-ticket``
+                         (taken already) is a ``duplicate``, ``capped``/``no-work`` are ``no-work``.
 ``message_rejected``     ``reason``, ``raw``: a message refused and recorded (malformed, forged, or
                          for a task or job that does not exist).
-``recovery_resent``      ``task_id``, ``queue``, ``refs``, ``reason`` (``job``, ``finalizer`` or
-                         ``callback``: what recovery sent again; the store's claim does not say
-                         whether a lease expired, a backoff passed or a follow-up was never started).
+``recovery_resent``      ``task_id``, ``queue``, ``refs``, ``tickets``, ``reason``: what one recovery
+                         dispatch sent again. ``refs``: a finalizer's or the failure callback's ref
+                         (``reason`` ``finalizer``/``callback``); ``tickets``: how many tickets it
+                         issued on ``queue`` (a lost worker's job, a retry whose backoff passed, a
+                         ticket presumed lost; ``reason`` ``ticket`` when ``refs`` is empty, and
+                         ``task_id`` is ``""`` for tickets no one task's event issued). Jobs start by
+                         ticket, so a job is never resent by ref; the store's claim does not say
+                         whether a lease expired, a backoff passed or a follow-up was never started.
 
 State changes: the store decides transitions atomically and answers with the messages to
 send, not the new state. The core reports ``task_state_changed`` where the caller can tell:

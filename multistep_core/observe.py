@@ -162,9 +162,11 @@ def watching() -> bool:
 
 
 # -- where a message is encoded -----------------------------------------------------------
-def trace_members(task_id: str = "") -> str:
+def trace_members(task_id: str = "", backend: Backend | None = None) -> str:
     """The optional ``"tp"`` (W3C traceparent) and ``"tl"`` (a link) members to append to a
-    message, as JSON text (empty when tracing is off or there is no span to carry)."""
+    message, as JSON text (empty when tracing is off or there is no span to carry). With
+    ``backend``, a message the integration has no context for (recovery resending a finalizer
+    in a process that never saw its task) carries the task's own (:func:`task_trace`)."""
     get = hooks.trace_context
     if get is None:
         return ""
@@ -173,6 +175,8 @@ def trace_members(task_id: str = "") -> str:
     except Exception:
         log.exception("the tracing integration failed to give a trace context; message sent without one")
         return ""
+    if not tp and backend is not None and task_id:
+        tp = task_trace(backend, task_id) or None
     out = ""
     if tp:
         out += f',"tp":"{tp}"'
@@ -327,8 +331,17 @@ def job_message(backend: Backend, task_id: str, ref: str) -> str:
     from .model import encode_message
 
     msg = encode_message(task_id, ref)
+    if not _otel_state:
+        _recheck_otel()  # the first job of a worker whose SDK was set up after its Backend
     if hooks.trace_context is None:
         return msg
+    tp = task_trace(backend, task_id)
+    return msg[:-1] + f',"tp":"{tp}"}}' if tp else msg
+
+
+def task_trace(backend: Backend, task_id: str) -> str:
+    """The traceparent of the task's create span (``TaskOptions.trace``), or "": one store read
+    per task per process, then a bounded cache."""
     with _queues_lock:
         tp = _traces.get(task_id)
     if tp is None:
@@ -341,7 +354,7 @@ def job_message(backend: Backend, task_id: str, ref: str) -> str:
             _traces[task_id] = tp
             while len(_traces) > 4096:
                 _traces.popitem(last=False)
-    return msg[:-1] + f',"tp":"{tp}"}}' if tp else msg
+    return tp
 
 
 def inline_message(task_id: str, ref: str) -> str:
@@ -402,7 +415,8 @@ def retried(backend: Backend, task_id: str) -> None:
 def recovered(backend: Backend, d: Dispatch) -> None:
     if hooks.recovery_resent:
         hooks.recovery_resent.send(backend=backend, task_id=d.task_id, queue=d.queue, refs=list(d.refs),
-                                   reason=hooks.KINDS.get(d.refs[0][:1], "job") if d.refs else "job")
+                                   tickets=len(d.tickets),
+                                   reason=hooks.KINDS.get(d.refs[0][:1], "job") if d.refs else "ticket")
 
 
 def log_extra(task_id: str, ref: str | None = None, attempt: int | None = None) -> dict[str, Any]:

@@ -22,16 +22,18 @@ Spans (one task is one trace, across processes and queues):
   a span was current in the creating code.
 * ``send <queue>`` (PRODUCER) per batch of added jobs (``add_job``, each chunk of
   ``add_jobs``), a child of the task's ``create`` span in the creating process, else of the
-  current span (a job adding jobs).
+  current span (a job adding jobs): it times storing the batch and releasing its tickets.
 * ``job <fn>``, ``finalizer <fn>``, ``callback <fn>`` (CONSUMER) in the worker, around the
-  function call and the recorded outcome. A job's parent is the ``send`` span whose message
-  delivered it: the message carries its W3C ``traceparent`` (``"tp"``, 55 characters).
-* A finalizer or callback is a child of the same ``send`` span as the job whose finish
-  started it (of the ``create`` span when the seal started it: every job had ended), and
-  links to that job (``"tl"`` in the message), plus up to :data:`MAX_LINKS` - 1 other jobs
-  of the task that ran in the same worker process; the next finalizer links to the previous
-  one. (Links stay bounded: a 100,000-job task does not make
-  a 100,000-link span or a message that grows with the task.)
+  function call and the recorded outcome. Jobs wait in the store and a worker takes one by
+  presenting a ticket, which belongs to no task (docs/fairness.md), so a job's parent is the
+  task's ``create`` span: its W3C ``traceparent`` is kept with the task
+  (``TaskOptions.trace``) and read once per task per worker process. The jobs are siblings of
+  the ``send`` spans, whatever process or batch added them.
+* A finalizer or callback is sent by ref; its message carries the parent (``"tp"``, 55
+  characters: the ``create`` span too) and links to the job whose finish started it (``"tl"``),
+  plus up to :data:`MAX_LINKS` - 1 other jobs of the task that ran in the same worker process;
+  the next finalizer links to the previous one. (Links stay bounded: a 100,000-job task does
+  not make a 100,000-link span or a message that grows with the task.)
 
 Attributes follow the OpenTelemetry messaging conventions: ``messaging.system`` (``rq``,
 ``celery``, ``dramatiq``, ``embedded``), ``messaging.destination.name`` (the queue),
@@ -41,9 +43,9 @@ Attributes follow the OpenTelemetry messaging conventions: ``messaging.system`` 
 ``multistep.kind`` and ``multistep.outcome``. A failed attempt sets the span's status to
 ERROR and records the exception (type, message, traceback) as an ``exception`` event.
 
-A message sent again by recovery (a lost worker's job, a retry after its backoff) carries the
-task's context when the recovering process created the task or ran one of its jobs (the
-last 1024 tasks); otherwise its span starts a trace of its own.
+Recovery sends a lost worker's job again as a ticket: the job then joins its task's trace
+like any other. A finalizer or callback it sends again carries the task's context (the
+create span's, read from the task when this process has no span of the task at hand).
 """
 
 from __future__ import annotations
@@ -71,7 +73,6 @@ _local = threading.local()
 _lock = threading.Lock()
 _created: OrderedDict[str, SpanContext] = OrderedDict()  # task id -> create span (producer side)
 _ran: OrderedDict[str, deque[SpanContext]] = OrderedDict()  # task id -> recent job spans here
-_parents: OrderedDict[str, str] = OrderedDict()  # task id -> parent traceparent of its last job here
 _instrumented = False
 
 
@@ -125,7 +126,8 @@ def _remember(table: OrderedDict[str, Any], key: str, value: Any) -> None:
 def trace_context(task_id: str = "") -> tuple[str | None, str | None]:
     """``(parent, link)`` traceparents for a message of ``task_id`` being encoded in this thread:
     the open send span, else the running job's parent (linking the job), else the task's
-    create span if this process made it (a seal that starts the finalizers), else the current span."""
+    create span if this process made it (a seal that starts the finalizers), else the current
+    span. (With none, :func:`multistep_core.observe.trace_members` uses the task's own.)"""
     sending = getattr(_local, "sending", None) or ()
     st = _stack()
     if sending and (not st or st[-1][3] < len(sending)):  # a send span opened inside the job, or no job
@@ -138,11 +140,8 @@ def trace_context(task_id: str = "") -> tuple[str | None, str | None]:
     if task_id:
         with _lock:
             root = _created.get(task_id)
-            seen = _parents.get(task_id) if root is None else None
         if root is not None:
             return traceparent(root), None
-        if seen is not None:  # recovery resending a job of a task whose jobs ran here
-            return seen, None
     sc = trace.get_current_span().get_span_context()
     return (traceparent(sc) if sc.is_valid else None), None
 
@@ -240,8 +239,6 @@ def _on_started(*, backend: Backend, task_id: str, ref: str, attempt: int, fn: s
             "multistep.attempt": attempt, "multistep.function": fn, "multistep.kind": kind,
         },
     )
-    if tp and parent is not None:
-        _remember(_parents, task_id, tp)
     token = otel_context.attach(trace.set_span_in_context(span, ctx))
     _stack().append((span, token, tp if parent is not None else None, len(getattr(_local, "sending", None) or ())))
 

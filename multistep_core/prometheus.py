@@ -16,8 +16,8 @@ name                                 type      labels                       what
 ``multistep_jobs_running``           gauge     queue                        attempts running now
 ``multistep_skipped_total``          counter   reason                       deliveries not run (duplicate,
                                                                             out-of-turn, cancelled, task-ended,
-                                                                            retry-not-due)
-``multistep_recovered_total``        counter   reason                       refs recovery sent again (job,
+                                                                            retry-not-due, no-work)
+``multistep_recovered_total``        counter   reason                       messages recovery sent again (ticket,
                                                                             finalizer, callback)
 ``multistep_rejected_total``         counter   (none)                       messages refused and recorded
 ==================================== ========= ============================ =====================================
@@ -81,7 +81,7 @@ def _make(registry: CollectorRegistry | None = None) -> dict[str, Any]:
         "running": Gauge("multistep_jobs_running", "Attempts running now.", ["queue"],
                          multiprocess_mode="livesum", **kw),
         "skipped": Counter("multistep_skipped_total", "Deliveries not run, by reason.", ["reason"], **kw),
-        "recovered": Counter("multistep_recovered_total", "Refs sent again by recovery, by kind.", ["reason"], **kw),
+        "recovered": Counter("multistep_recovered_total", "Messages sent again by recovery, by kind.", ["reason"], **kw),
         "rejected": Counter("multistep_rejected_total", "Messages refused and recorded.", **kw),
     }
 
@@ -143,8 +143,11 @@ def _on_skipped(*, reason: str, **_: Any) -> None:
     _m()["skipped"].labels(reason).inc()
 
 
-def _on_recovered(*, reason: str, refs: list[str], **_: Any) -> None:
-    _m()["recovered"].labels(reason).inc(len(refs))
+def _on_recovered(*, reason: str, refs: list[str], tickets: int = 0, **_: Any) -> None:
+    if refs:
+        _m()["recovered"].labels(reason).inc(len(refs))
+    if tickets:
+        _m()["recovered"].labels("ticket").inc(tickets)
 
 
 def _on_rejected(**_: Any) -> None:

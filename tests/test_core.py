@@ -146,3 +146,14 @@ def test_eager_mode_runs_jobs_inline_for_unit_tests() -> None:
     # Then the whole task has run by the end of the block
     assert task.progress().state == TaskState.SUCCEEDED
     assert core_jobs.CALLS == ["add 1 2", "f:1", "f:2", "f:3", "sum 3"]
+
+
+def test_eager_mode_runs_a_task_of_thousands_of_jobs_without_nesting_a_call_per_job() -> None:
+    # Given the eager backend, where each job's finish hands the next ticket to the same thread
+    backend = connect("eager")
+    with backend.create_task(keep_results=True) as task:
+        task.add_jobs(core_jobs.add, [(i, 1) for i in range(3000)])
+        # Then every job ran by the time add_jobs returned (no RecursionError on the way)
+        assert task.progress().succeeded == 3000
+    assert task.progress().state == TaskState.SUCCEEDED
+    assert task.results()["j2999"] == 3000

@@ -93,8 +93,9 @@ def _check_task_trace(spans: list[dict[str, Any]], task_id: str, system: str, qu
     assert sorted(jobs) == ["j0", "j1", "j2"] and sorted(fins) == ["f0", "f1"]
     for s in [*jobs.values(), *fins.values()]:
         a = s["attributes"]
-        # a finalizer the seal started (every job had ended) is a child of the create span
-        assert s["kind"] == "CONSUMER" and s["parent"] in (send["span"], *([create["span"]] if s in fins.values() else []))
+        # a worker takes a job by ticket (which belongs to no task): every job and finalizer is
+        # a child of the task's create span, whose context the task keeps (TaskOptions.trace)
+        assert s["kind"] == "CONSUMER" and s["parent"] == create["span"]
         assert a["messaging.system"] == system and a["messaging.destination.name"] == queue
         assert a["messaging.operation.type"] == "process" and a["multistep.attempt"] == 1
         assert a["messaging.message.id"] == f"{task_id}/{a['multistep.ref']}"
@@ -106,9 +107,7 @@ def _check_task_trace(spans: list[dict[str, Any]], task_id: str, system: str, qu
     # follow-up), then to other jobs seen in its process; when the seal started it, only those
     trigger = [s for s in jobs.values() if "f0" in s["attributes"].get("multistep.followups", "").split(",")]
     if trigger:
-        assert fins["f0"]["links"][0] == trigger[0]["span"] and fins["f0"]["parent"] == send["span"]
-    else:
-        assert fins["f0"]["parent"] == create["span"]
+        assert fins["f0"]["links"][0] == trigger[0]["span"]
     assert set(fins["f0"]["links"]) <= {s["span"] for s in jobs.values()}
     assert fins["f1"]["links"] == [fins["f0"]["span"]]
     assert fins["f0"]["attributes"]["multistep.function"] == "obs.fin"
@@ -124,7 +123,7 @@ def _obs_task(backend: Any, queue: str) -> Any:
     return task
 
 
-def test_embedded_task_is_one_trace_with_jobs_under_the_send_span_and_linked_finalizers(spans: Any) -> None:
+def test_embedded_task_is_one_trace_with_jobs_under_the_create_span_and_linked_finalizers(spans: Any) -> None:
     backend = connect("memory://?threads=2")
     try:
         task = _obs_task(backend, "default")
@@ -148,7 +147,7 @@ def test_a_task_created_inside_a_span_joins_that_trace(spans: Any) -> None:
         assert task.state == "succeeded"
         rows = _dicts(spans)
         assert {s["trace"] for s in rows} == {f"{outer.get_span_context().trace_id:032x}"}
-        # eager: every job ran inside the send span, and f0 still links to the job that started it first
+        # eager: every job ran inside add_jobs, and f0 still links to the job that started it first
         _check_task_trace(rows, task.id, "embedded", "default")
     finally:
         backend.close()
@@ -522,15 +521,52 @@ def test_recovery_resending_a_lost_workers_job_is_reported() -> None:
         store.create_task("lost-1", TaskOptions(queue="q9"), time.time())
         store.add_jobs("lost-1", "j", [make_spec(obs_jobs.work, (4,), {}).to_json()], time.time())
         store.seal("lost-1", time.time())
-        assert store.start("lost-1", "j0", time.time()).run
+        (ticket,) = store.release("q9", time.time()).tickets
+        assert store.take("q9", ticket, time.time()).ref == "j0"
         # When recovery runs after the lease expired
         assert backend.recover(now=time.time() + 5) == 1
-        # Then the resend is reported, and the job runs again and the task ends
+        # Then the resend (a ticket for the job back in line) is reported, and the job runs again
         assert backend.get_task("lost-1").wait(timeout=30).state == "succeeded"
     finally:
         hooks.recovery_resent.disconnect(rec)
         backend.close()
-    assert [(kw["task_id"], kw["refs"], kw["reason"], kw["queue"]) for kw in resent] == [("lost-1", ["j0"], "job", "q9")]
+    assert [(kw["task_id"], kw["refs"], kw["tickets"], kw["reason"], kw["queue"]) for kw in resent] == [
+        ("lost-1", [], 1, "ticket", "q9")]
+
+
+def test_the_recovered_counter_counts_the_tickets_recovery_issued() -> None:
+    _need("prometheus_client")
+    import obs_jobs
+    from prometheus_client import REGISTRY
+
+    from multistep_core import prometheus
+    from multistep_core.model import TaskOptions
+    from multistep_core.registry import make_spec
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("multistep_recovered_total", {"reason": "ticket"}) or 0.0
+
+    backend = connect("memory://?lease=0.5")
+    backend.stop_recovery()
+    prometheus.instrument()
+    try:
+        # Given two jobs whose worker took them by ticket and died
+        store = backend.store
+        store.create_task("lost-2", TaskOptions(queue="q5"), time.time())
+        spec = make_spec(obs_jobs.work, (4,), {}).to_json()
+        store.add_jobs("lost-2", "j", [spec, spec], time.time())
+        store.seal("lost-2", time.time())
+        tickets = store.release("q5", time.time()).tickets
+        assert sorted(store.take("q5", t, time.time()).ref for t in tickets) == ["j0", "j1"]
+        before = count()
+        # When recovery sends them again
+        sent = backend.recover(now=time.time() + 5)
+        # Then the counter went up by the tickets it sent, and the task ends
+        assert sent == 2 and count() - before == 2
+        assert backend.get_task("lost-2").wait(timeout=30).state == "succeeded"
+    finally:
+        prometheus.uninstrument()
+        backend.close()
 
 
 def test_the_failure_callback_has_its_span_linked_to_the_job_that_failed_the_task(spans: Any) -> None:
@@ -551,9 +587,10 @@ def test_the_failure_callback_has_its_span_linked_to_the_job_that_failed_the_tas
     rows = _dicts(spans)
     (cb,) = [s for s in rows if s["name"] == "callback obs.fin"]
     (failed,) = [s for s in rows if s["attributes"].get("multistep.ref") == "j1"]
-    (send,) = [s for s in rows if s["name"].startswith("send")]
+    (create,) = [s for s in rows if s["name"].startswith("create")]
     assert failed["status"] == "ERROR" and cb["status"] == "UNSET"
-    assert cb["parent"] == send["span"] and cb["links"][0] == failed["span"]
+    # a sibling of the jobs (a child of the task's create span), linked to the job that failed it
+    assert cb["parent"] == create["span"] == failed["parent"] and cb["links"][0] == failed["span"]
     assert cb["attributes"]["multistep.kind"] == "callback" and cb["attributes"]["multistep.ref"] == "x0"
 
 
@@ -611,8 +648,9 @@ def test_a_job_resent_by_recovery_stays_in_its_tasks_trace(spans: Any) -> None:
         store = backend.store
         store.add_jobs(task.id, "j", [make_spec(obs_jobs.work, (3,), {}).to_json()], time.time())
         store.seal(task.id, time.time())
-        assert store.start(task.id, "j0", time.time()).run
-        # When recovery sends it again and it runs
+        (ticket,) = store.release("q7", time.time()).tickets
+        assert store.take("q7", ticket, time.time()).ref == "j0"
+        # When recovery sends it again (a ticket: the job's trace comes from its task) and it runs
         assert backend.recover(now=time.time() + 5) == 1
         assert task.wait(timeout=30).state == "succeeded"
         deadline = time.monotonic() + 10
@@ -625,3 +663,37 @@ def test_a_job_resent_by_recovery_stays_in_its_tasks_trace(spans: Any) -> None:
     (create,) = [s for s in rows if s["name"] == "create q7"]
     (job,) = [s for s in rows if s["name"] == "job obs.work"]
     assert job["trace"] == create["trace"] and job["parent"] == create["span"]
+
+
+def test_a_finalizer_resent_by_recovery_in_a_process_that_never_saw_its_task_joins_its_trace(spans: Any) -> None:
+    import obs_jobs
+
+    from multistep_core import otel
+    from multistep_core.registry import make_spec
+
+    backend = connect("memory://?lease=0.5")
+    backend.stop_recovery()
+    try:
+        # Given a task whose only finalizer's worker died after starting it
+        task = backend.create_task(queue="q6")
+        store = backend.store
+        store.add_jobs(task.id, "f", [make_spec(obs_jobs.fin, ("z",), {}).to_json()], time.time())
+        assert store.seal(task.id, time.time()).refs == ("f0",)
+        assert store.start(task.id, "f0", time.time()).run
+        # and a recovering process that neither created the task nor ran its jobs
+        with otel._lock:
+            otel._created.pop(task.id, None)
+        # When recovery sends the finalizer again and it runs
+        assert backend.recover(now=time.time() + 5) == 1
+        assert task.wait(timeout=30).state == "succeeded"
+        deadline = time.monotonic() + 10
+        while not [s for s in _dicts(spans) if s["name"] == "finalizer obs.fin"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        backend.close()
+    # Then its span is in the task's trace: the message carried the context the task keeps
+    rows = _dicts(spans)
+    (create,) = [s for s in rows if s["name"] == "create q6"]
+    (fin,) = [s for s in rows if s["name"] == "finalizer obs.fin"]
+    assert fin["trace"] == create["trace"] and fin["parent"] == create["span"]

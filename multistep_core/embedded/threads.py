@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue as _q
 import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -91,11 +92,23 @@ class EagerQueue(Queue):
 
     def __init__(self) -> None:
         self._runner: Runner | None = None
+        self._local = threading.local()
 
     def bind(self, runner: Runner) -> None:
         self._runner = runner
 
     def enqueue(self, queue: str, messages: Sequence[str]) -> None:
         assert self._runner is not None, "EagerQueue used before a backend bound it"
-        for m in messages:
-            self._runner.handle(m)
+        # A job's finish enqueues the next ticket: run it after this message, not inside it
+        # (nesting one call per job would exhaust the stack on a task of a few hundred jobs).
+        local = self._local
+        pending: deque[str] | None = getattr(local, "pending", None)
+        if pending is not None:
+            pending.extend(messages)
+            return
+        local.pending = pending = deque(messages)
+        try:
+            while pending:
+                self._runner.handle(pending.popleft())
+        finally:
+            local.pending = None
