@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import nesting
 from .errors import InvalidJob, InvalidTransition, TaskExists, TaskNotFound
 from .fairshare import DEFAULT_WINDOW, TICKET_TIMEOUT_LEASES, QueueRow, solo_group
 from .model import (
@@ -137,6 +138,22 @@ class Store(ABC):
     def cancel(self, task_id: str, by: str, now: float) -> bool:
         """Cancel a task that has not succeeded. False if it was already over."""
 
+    def cancel_and_dispatch(self, task_id: str, by: str, now: float) -> tuple[bool, Dispatch]:
+        """:meth:`cancel`, and what it asks to send: cancelling a subtask ends its step in the
+        parent, which may start the parent's finalizers (docs/nested.md). A store that returns
+        nothing here leaves those to recovery (they are registered with a grace period)."""
+        return self.cancel(task_id, by, now), NOTHING
+
+    def add_subtask(self, parent_id: str, child_id: str, options: TaskOptions, on_failure: str, now: float) -> str:
+        """Create ``child_id`` as one step of ``parent_id`` (docs/nested.md); return that step's
+        ref in the parent. Raise :class:`InvalidTransition` once the parent has left running."""
+        raise NotImplementedError(f"{type(self).__name__} does not support nested tasks")
+
+    def tree(self, task_id: str) -> Any:
+        """The task and its subtasks, to any depth (a :class:`~multistep_core.nesting.TaskTree`),
+        or None if there is no such task."""
+        raise NotImplementedError(f"{type(self).__name__} does not support nested tasks")
+
     @abstractmethod
     def retry(self, task_id: str, now: float) -> Dispatch:
         """failed → running (or finalizing): reset the failed jobs and resend them."""
@@ -209,6 +226,13 @@ class TaskRow:
     requeue: list[str] = field(default_factory=list)
     per_message: int = 1
     vt: float = 0.0
+    # nesting (docs/nested.md): the parent and this task's step (slot) in it, the tree's root,
+    # the children in creation order, failed steps that do not fail the task (on_failure=continue)
+    parent: str | None = None
+    parent_ref: str = ""
+    root: str = ""
+    children: list[str] = field(default_factory=list)
+    tolerated: int = 0
 
     @property
     def waiting(self) -> int:
@@ -217,7 +241,7 @@ class TaskRow:
 
     @property
     def group_key(self) -> str:
-        return self.options.group or solo_group(self.id)
+        return self.options.group or solo_group(self.root or self.id)  # a tree shares one share
 
     def progress(self) -> Progress:
         return Progress(
@@ -236,6 +260,7 @@ class TaskRow:
             cancelled_by=self.cancelled_by,
             cancelled_at=self.cancelled_at,
             options=self.options,
+            parent=self.parent,
         )
 
 
@@ -343,6 +368,7 @@ class _Queues:
     def __init__(self, tx: Txn) -> None:
         self.tx = tx
         self.rows: dict[str, QueueRow] = {}
+        self.ended: list[TaskRow] = []  # tasks that ended in this transaction (nesting.settle)
 
     def __call__(self, name: str) -> QueueRow:
         q = self.rows.get(name)
@@ -460,7 +486,8 @@ class RowStore(Store):
             self._unschedule(qs, task)
         task.state = state
         task.finished_at = now
-        task.expires_at = now + task.options.retention
+        task.expires_at = now + task.options.retention if task.parent is None else None  # a tree expires whole
+        qs.ended.append(task)
 
     def _follow(self, tx: Txn, qs: _Queues, task: TaskRow, ref: str, now: float) -> Dispatch:
         row = tx.get_job(task.id, ref)
@@ -491,7 +518,7 @@ class RowStore(Store):
     def _advance(self, tx: Txn, qs: _Queues, task: TaskRow, now: float) -> Dispatch:
         if task.state != TaskState.RUNNING or task.succeeded + task.failed < task.total:
             return NOTHING
-        if task.options.policy == Policy.FAIL and task.failed > 0:
+        if task.options.policy == Policy.FAIL and task.failed > task.tolerated:
             return self._fail(tx, qs, task, now)
         if task.fin_done < task.fin_total:
             task.state = TaskState.FINALIZING
@@ -516,7 +543,7 @@ class RowStore(Store):
             old = tx.get_task(task_id)
             if old is not None:
                 if old.expires_at is not None and old.expires_at <= now:
-                    tx.delete_task(task_id)
+                    nesting.delete_tree(tx, task_id)
                 else:
                     raise TaskExists(f"a task with id {task_id!r} already exists ({old.state.value})")
             tx.put_task(TaskRow(id=task_id, options=options, created_at=now), new=True)
@@ -574,7 +601,7 @@ class RowStore(Store):
             task.state = TaskState.RUNNING
             d = self._advance(tx, qs, task, now)
             tx.put_task(task)
-            return d
+            return nesting.settle(self, tx, qs, task, d, now)
 
     def take(self, queue: str, ticket: int, now: float) -> Start:
         with self._txq() as (tx, qs):
@@ -726,12 +753,13 @@ class RowStore(Store):
             unparked = self._job_ended(qs, task, now)
         d = self._record(tx, qs, task, row, kind, index, now, result, error)
         tx.put_task(task)
-        return self._merge(task, d, unparked + qs(task.options.queue).top_up(self.window, now))
+        d = self._merge(task, d, unparked + qs(task.options.queue).top_up(self.window, now))
+        return nesting.settle(self, tx, qs, task, d, now)
 
     def _merge(self, task: TaskRow, d: Dispatch, tickets: tuple[int, ...]) -> Dispatch:
         if not tickets:
             return d
-        return Dispatch(task.id, task.options.queue, d.refs, d.tickets + tickets)
+        return Dispatch(task.id, task.options.queue, d.refs, d.tickets + tickets, d.also)
 
     def _record(
         self,
@@ -786,61 +814,81 @@ class RowStore(Store):
         return self._ended_for_good(tx, qs, task, kind, now)
 
     def cancel(self, task_id: str, by: str, now: float) -> bool:
+        return self.cancel_and_dispatch(task_id, by, now)[0]
+
+    def cancel_and_dispatch(self, task_id: str, by: str, now: float) -> tuple[bool, Dispatch]:
         with self._txq() as (tx, qs):
             task = self._task(tx, task_id, now)
             if task.state in (TaskState.SUCCEEDED, TaskState.CANCELLED):
-                return False
+                return False, NOTHING
             self._finish_task(qs, task, TaskState.CANCELLED, now)
             task.cancelled_by = by
             task.cancelled_at = now
             tx.put_task(task)
-            return True
+            nesting.cancel_children(self, tx, qs, task, by, now)
+            return True, nesting.settle(self, tx, qs, task, NOTHING, now)
 
     def retry(self, task_id: str, now: float) -> Dispatch:
         with self._txq() as (tx, qs):
             task = self._task(tx, task_id, now)
             if task.state != TaskState.FAILED:
                 raise InvalidTransition(f"task {task_id!r} is {task.state.value}; only a failed task can be retried")
-            task.finished_at = None
-            task.expires_at = None
-            refs: list[str] = []
-            again = 0
-            fin_failed = None
-            for row in tx.jobs(task_id, [JobState.FAILED, JobState.PENDING, JobState.RETRY_WAIT]):
-                kind, _ = parse_ref(row.ref)
-                if kind == CALLBACK:
-                    continue
-                if kind == FINALIZER:
-                    if row.state == JobState.FAILED:
-                        fin_failed = row
-                    continue
+            d = self._retry_row(tx, qs, task, now)
+            nesting.reopen_slot(tx, task)
+            return nesting.settle(self, tx, qs, task, d, now)
+
+    def _retry_row(self, tx: Txn, qs: _Queues, task: TaskRow, now: float) -> Dispatch:
+        """failed -> running inside a transaction (a failed parent also retries its failed children)."""
+        task_id = task.id
+        task.finished_at = None
+        task.expires_at = None
+        refs: list[str] = []
+        again = 0
+        fin_failed = None
+        slots: list[JobRow] = []
+        for row in tx.jobs(task_id, [JobState.FAILED, JobState.PENDING, JobState.RETRY_WAIT]):
+            kind, _ = parse_ref(row.ref)
+            if kind == CALLBACK:
+                continue
+            if kind == JOB and nesting.is_slot(row.spec):
+                slots.append(row)  # a failed subtask: retried below, never queued
+                continue
+            if kind == FINALIZER:
                 if row.state == JobState.FAILED:
-                    task.failed -= 1
-                row.state = JobState.PENDING
-                row.fails = row.lost = 0
-                row.error = None
-                row.finished_at = None
-                row.due_at = None
-                tx.put_job(task_id, row)
-                again += 1
-                if row.ref not in task.requeue and int(row.ref[1:]) < task.next_job:
-                    refs.append(row.ref)  # taken before: back in line (the rest still is)
-            refs.sort(key=lambda r: int(r[1:]))
-            if fin_failed is not None and not again:
-                fin_failed.fails = fin_failed.lost = 0
-                fin_failed.error = None
-                fin_failed.finished_at = None
-                tx.put_job(task_id, fin_failed)
-                task.state = TaskState.FINALIZING
-                d = self._follow(tx, qs, task, fin_failed.ref, now)
-                tx.put_task(task)
-                return d
-            task.state = TaskState.RUNNING if task.sealed else TaskState.OPEN
-            qs(task.options.queue).waiting += task.total - task.next_job + len(task.requeue)
-            self._wait(qs, task, refs)
-            d = self._advance(tx, qs, task, now)
+                    fin_failed = row
+                continue
+            if row.state == JobState.FAILED:
+                task.failed -= 1
+            row.state = JobState.PENDING
+            row.fails = row.lost = 0
+            row.error = None
+            row.finished_at = None
+            row.due_at = None
+            tx.put_job(task_id, row)
+            again += 1
+            if row.ref not in task.requeue and int(row.ref[1:]) < task.next_job:
+                refs.append(row.ref)  # taken before: back in line (the rest still is)
+        refs.sort(key=lambda r: int(r[1:]))
+        resumed, nested = nesting.retry_slots(self, tx, qs, task, slots, now)
+        again += resumed
+        if fin_failed is not None and not again:
+            fin_failed.fails = fin_failed.lost = 0
+            fin_failed.error = None
+            fin_failed.finished_at = None
+            tx.put_job(task_id, fin_failed)
+            task.state = TaskState.FINALIZING
+            d = self._follow(tx, qs, task, fin_failed.ref, now)
             tx.put_task(task)
-            return self._merge(task, d, qs(task.options.queue).top_up(self.window, now))
+            return d
+        task.state = TaskState.RUNNING if task.sealed else TaskState.OPEN
+        qs(task.options.queue).waiting += task.total - task.next_job + len(task.requeue)
+        self._wait(qs, task, refs)
+        d = self._advance(tx, qs, task, now)
+        tx.put_task(task)
+        d = self._merge(task, d, qs(task.options.queue).top_up(self.window, now))
+        if nested:
+            d = Dispatch(task.id, task.options.queue, d.refs, d.tickets, d.also + tuple(nested))
+        return d
 
     def claim_due(self, now: float, limit: int = 1000) -> list[Dispatch]:
         out: list[Dispatch] = []
@@ -885,6 +933,8 @@ class RowStore(Store):
                 tx.put_task(task)
                 if d:
                     out.append(d)
+            if qs.ended:  # a job failed for good ended its task: end its step in the parent
+                out.append(nesting.settle(self, tx, qs, TaskRow(id="", options=TaskOptions()), NOTHING, now))
             for name in sorted(set(tx.queues()) | set(qs.rows)):
                 q = qs(name)
                 tickets = q.expired_tickets(now, self.ticket_timeout) + q.top_up(self.window, now)
@@ -895,9 +945,22 @@ class RowStore(Store):
     def delete(self, task_id: str) -> bool:
         with self._txq() as (tx, qs):
             task = tx.get_task(task_id)
-            if task is not None and task.state in (TaskState.OPEN, TaskState.RUNNING):
-                self._unschedule(qs, task)
-            return tx.delete_task(task_id)
+            if task is not None and task.parent is not None and tx.get_task(task.parent) is not None:
+                if task.state in (TaskState.OPEN, TaskState.RUNNING, TaskState.FINALIZING):
+                    raise InvalidTransition(
+                        f"task {task_id!r} is a running subtask of {task.parent!r}: cancel it, "
+                        "or delete the whole tree from its root"
+                    )
+            self._unschedule_tree(tx, qs, task)
+            return nesting.delete_tree(tx, task_id)
+
+    def _unschedule_tree(self, tx: Txn, qs: _Queues, task: TaskRow | None) -> None:
+        if task is None:
+            return
+        if task.state in (TaskState.OPEN, TaskState.RUNNING):
+            self._unschedule(qs, task)
+        for child_id in task.children:
+            self._unschedule_tree(tx, qs, tx.get_task(child_id))
 
     def reject(self, raw: str, reason: str, now: float) -> None:
         with self.transaction() as tx:
@@ -920,8 +983,7 @@ class RowStore(Store):
 
     def results(self, task_id: str) -> dict[str, Any]:
         with self.transaction() as tx:
-            rows = tx.jobs(task_id, [JobState.SUCCEEDED])
-        return {r.ref: json.loads(r.result) for r in rows if r.result is not None and r.ref[0] == JOB}
+            return nesting.results_in(self, tx, task_id)
 
     def list_tasks(self, state: TaskState | None = None, limit: int = 1000) -> list[Progress]:
         now = time.time()
@@ -936,6 +998,14 @@ class RowStore(Store):
     def job_states(self, task_id: str) -> dict[str, str]:
         with self.transaction() as tx:
             return {r.ref: r.state.value for r in tx.jobs(task_id)}
+
+    def add_subtask(self, parent_id: str, child_id: str, options: TaskOptions, on_failure: str, now: float) -> str:
+        with self._txq() as (tx, qs):
+            return nesting.add_subtask(self, tx, qs, parent_id, child_id, options, on_failure, now)
+
+    def tree(self, task_id: str) -> nesting.TaskTree | None:
+        with self.transaction() as tx:
+            return nesting.tree_in(tx, task_id)
 
     def queue_state(self, queue: str) -> QueueRow | None:
         """The scheduling row of ``queue`` (for inspection: ``multistep show``, tests)."""
