@@ -279,12 +279,13 @@ def worker(ctx: click.Context, modules: tuple[str, ...], queues: tuple[str, ...]
 @click.option("--state", "state_filter", type=click.Choice([s.value for s in TaskState]), default=None,
               help="Only tasks in this state.")
 @click.option("--limit", "-n", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--all", "-a", "every", is_flag=True, help="Subtasks too (by default only top-level tasks).")
 @_json_option
 @click.pass_context
-def ls_cmd(ctx: click.Context, state_filter: str | None, limit: int, as_json: bool) -> None:
-    """List tasks: id, state, jobs done/total, failed, finalizers, age."""
+def ls_cmd(ctx: click.Context, state_filter: str | None, limit: int, every: bool, as_json: bool) -> None:
+    """List top-level tasks (``--all``: subtasks too): id, state, jobs done/total, failed, finalizers, age."""
     backend = _obj(ctx).connect(ctx)
-    tasks = backend.list_tasks(state_filter, limit)
+    tasks = backend.list_tasks(state_filter, limit, top_level=not every)
     if as_json:
         _echo_json([_progress_json(p) for p in tasks])
     else:
@@ -345,12 +346,19 @@ def _failure_panel(f: Failure) -> Panel:
 
 @cli.command()
 @click.argument("task_id", metavar="ID")
+@click.option("--tree", "as_tree", is_flag=True, help="The task and its subtasks, to any depth (docs/nested.md).")
 @_json_option
 @click.pass_context
-def show(ctx: click.Context, task_id: str, as_json: bool) -> None:
+def show(ctx: click.Context, task_id: str, as_tree: bool, as_json: bool) -> None:
     """Show one task: progress, options, and its failures with their tracebacks."""
     backend = _obj(ctx).connect(ctx)
     task = _get_task(backend, task_id)
+    if as_tree:  # nested tasks: one line per task of the tree
+        from .tree_view import render
+
+        tree = task.tree()
+        _echo_json(tree.to_dict()) if as_json else _out().print(render(tree))
+        return
     p = task.progress()
     failures = task.failures()
     if as_json:
