@@ -238,6 +238,8 @@ class Runner:
                 and part.queue == d.queue  # run inline only what this worker's queue would bring
             ):
                 pending.append((part.task_id, part.refs[0]))
+                if part.tickets:  # the tickets the same transition issued still go out now
+                    self.backend.dispatch(Dispatch(part.task_id, part.queue, (), part.tickets))
                 continue
             self.backend.dispatch(part)
 

@@ -11,11 +11,16 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from multistep_core import TaskState, connect
+from multistep_core import TaskState, connect, job
 from multistep_core.cli import cli
 from multistep_core.embedded.sqlite import SQLiteStore
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "nested.md"
+
+
+@job(name="tests.nested.noop")
+def _noop(c: int, i: int) -> None:
+    pass
 
 
 def _blocks(text: str) -> list[str]:
@@ -68,3 +73,20 @@ def test_a_sqlite_file_from_before_nesting_gets_the_nest_column(tmp_path: Path) 
     assert t.wait(timeout=20).state == TaskState.SUCCEEDED
     assert b.get_task("after.c").progress().parent == "after"
     b.close()
+
+
+def test_tickets_issued_with_an_inlined_finalizer_go_out_at_once() -> None:
+    """A job's finish that starts its task's finalizer (run inline by the same worker) and issues
+    tickets for other tasks' waiting jobs in the same transition: the tickets are sent at once,
+    not dropped until recovery re-sends them two leases later (a tree with 100 finalizing
+    subtasks waited a minute per stall)."""
+    b = connect("memory?threads=8&lease=30")
+    try:
+        with b.create_task() as root:
+            for c in range(100):  # more finalizers than the window (64) of tickets
+                with root.add_subtask() as sub:
+                    sub.add_jobs(_noop, [(c, i) for i in range(10)])
+                    sub.add_finalization_job(_noop, c, -1)
+        assert root.wait(timeout=20).state == TaskState.SUCCEEDED  # the lost tickets took 60 s
+    finally:
+        b.close()
