@@ -20,10 +20,9 @@ from collections.abc import Iterator
 import pytest
 from multistep_conformance import BackendTests, DifferentialTests, StoreTests
 from multistep_conformance.differential import Pair
-from multistep_conformance.differential_ops import ReferenceStore
 from services import REDIS_ADDR
 
-from multistep_core import Policy, TaskOptions
+from multistep_core import TaskOptions
 from multistep_core.embedded.memory import MemoryStore
 
 URL = f"redis://{REDIS_ADDR}/11"
@@ -93,22 +92,6 @@ def test_disagreement_lone_surrogate_in_a_spec(pair: Pair) -> None:
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "DISAGREEMENT: guard (and start_packed) of a ref not written as the model writes refs: RowStore "
-    "finds no such row and guards nothing; guard.lua reads 'j01' or 'j 1' as j1 (tonumber), guards it "
-    "under the odd name, and claim_due later sends 'j01'; 'j1.5' or 'jx' make the script fail (StoreError). "
-    "Workers only pass refs decode_refs accepted, so only a direct Store caller can reach it"))
-@pytest.mark.parametrize("ref", ["j01", "j 1", "j1.5", "jx"])
-def test_disagreement_guard_of_a_non_canonical_ref(pair: Pair, ref: str) -> None:
-    a = pair.run.tid("a")
-    pair.do("create_task", task_id=a, options=TaskOptions(retention=1e9))
-    pair.do("add_jobs", task_id=a, kind="j", specs=['{"fn":"m:a"}'] * 2)
-    pair.do("seal", task_id=a)
-    pair.do("guard", task_id=a, refs=[ref])
-    pair.tick_to(pair.run.now + 10)
-    pair.do("claim_due", limit=1000)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "DISAGREEMENT: add_jobs(kind='x') with other than one spec: RowStore unpacks the list and lets a bare "
     "ValueError escape; the Redis store raises InvalidJob ('a failure callback is one job; got 2 specs')"))
 @pytest.mark.parametrize("n", [0, 2])
@@ -125,57 +108,3 @@ def test_disagreement_text_with_a_lone_surrogate(pair: Pair) -> None:
     a = pair.run.tid("a")
     pair.do("create_task", task_id=a, options=TaskOptions(retention=1e9))
     pair.do("cancel", task_id=a, by="ops@host-\udcff")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "DISAGREEMENT: claim_due handles rows due at the same instant (a packed message's refs are guarded at "
-    "the instant its first ref starts) in a store-dependent order: MemoryStore in the order the rows first "
-    "got a due time, Redis (and SQLite) by ref. The order matters: here MemoryStore sends j1 of a task "
-    "that j0's lost worker fails a moment later, Redis and SQLite do not"))
-def test_disagreement_claim_order_of_simultaneous_dues(pair: Pair) -> None:
-    # Given a fail_fast task that tolerates no lost worker, and a worker that received j0 and j1 in
-    # one message, started j0 and died
-    a = pair.run.tid("a")
-    pair.do("create_task", task_id=a, options=TaskOptions(policy=Policy.FAIL_FAST, max_lost=0, retention=1e9))
-    pair.do("add_jobs", task_id=a, kind="j", specs=['{"fn":"m:a"}'] * 2)
-    pair.do("seal", task_id=a)
-    pair.do("start_packed", task_id=a, refs=["j0", "j1"])
-    # When recovery runs
-    pair.tick_to(pair.run.now + 10)
-    pair.do("claim_due", limit=1000)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG IN BOTH TWINS: one claim_due can send the failure callback twice. It works from the list of rows "
-    "due when it began; a lost job that fails the task sends x0 (due a lease later), and x0, in the list "
-    "already through a guard of the same instant, is sent again. Redis and SQLite do it (x0 after j0 in "
-    "ref order), MemoryStore only when its order is the same (here it is not: see the test above)"))
-def test_claim_due_sends_the_callback_once(redis_service: None) -> None:
-    from multistep_core.redis import RedisStore
-
-    prefix = f"msdiff-{uuid.uuid4().hex[:8]}"
-    native = RedisStore(URL, prefix=prefix, lease=5.0)
-    pair = Pair(native, ReferenceStore(lease=5.0))  # the reference in ref order: the stores agree
-    try:
-        _callback_sent_by_a_claim(pair)
-    finally:
-        pair.cleanup()
-        for key in list(native.r.scan_iter(match=f"{prefix}:*")):
-            native.r.delete(key)
-        native.close()
-
-
-def _callback_sent_by_a_claim(pair: Pair) -> None:
-    # Given a fail_fast task with a failure callback, and a worker that received j0 and x0 in one
-    # message, started j0 and died
-    a = pair.run.tid("a")
-    pair.do("create_task", task_id=a, options=TaskOptions(policy=Policy.FAIL_FAST, max_lost=0, retention=1e9))
-    pair.do("add_jobs", task_id=a, kind="j", specs=['{"fn":"m:a"}'] * 2)
-    pair.do("add_jobs", task_id=a, kind="x", specs=['{"fn":"m:cb"}'])
-    pair.do("seal", task_id=a)
-    pair.do("start_packed", task_id=a, refs=["j0", "x0"])
-    # When recovery runs: j0 is lost for good, the task fails, and x0 is sent
-    pair.tick_to(pair.run.now + 10)
-    sent = pair.do("claim_due", limit=1000)
-    # Then x0 is sent once
-    assert [d.refs for d in sent] == [("x0",)]

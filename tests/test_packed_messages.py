@@ -1,30 +1,40 @@
-"""Messages carrying several job refs (``add_jobs(..., per_message=k)``), finish-then-start in
-one store call, and follow-ups run in the worker thread that decided them."""
+"""Tickets and batches: a queue message is a ticket for the next job of a queue (its size never
+depends on the task's), ``add_jobs(..., per_message=k)`` lets the worker holding a ticket run
+up to k jobs of one task (one store round trip per job), a worker that dies mid-batch leaves
+the jobs it did not reach waiting for any other worker, and follow-ups run in the worker
+thread that decided them. Each test runs on the memory store and on the Redis store."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from services import REDIS_ADDR
 
 from multistep_core import InvalidJob, TaskState, connect, job
 from multistep_core.backend import Backend
-from multistep_core.model import (
-    MAX_REFS_PER_MESSAGE,
-    decode_message,
-    decode_refs,
-    encode_message,
-    encode_messages,
-)
+from multistep_core.model import MAX_PER_MESSAGE, Dispatch, decode, decode_message, encode_message, encode_ticket
 from multistep_core.queue import Queue
+from multistep_core.store import Store
 
 SEEN: list[tuple[str, int]] = []
+DIE_AT: set[int] = set()
+
+
+class Died(BaseException):
+    """A worker process dying mid-job (SIGKILL): nothing in the runner catches it."""
 
 
 @job(name="packtest.note")
 def note(i: int) -> None:
+    if i in DIE_AT:
+        DIE_AT.discard(i)
+        raise Died(i)
     SEEN.append(("job", i))
 
 
@@ -38,40 +48,44 @@ def final(tag: str) -> None:
     SEEN.append(("final", 0 if tag == "a" else 1))
 
 
+# -- messages ------------------------------------------------------------------------------
+
+
 def test_encode_message_is_the_json_it_always_was() -> None:
     for tid in ("a", "blog-42", "x@y:z.1_2"):
         for ref in ("j0", "f3", "x0", "j1234567"):
             assert encode_message(tid, ref) == json.dumps({"v": 1, "task": tid, "ref": ref}, separators=(",", ":"))
-            assert encode_messages(tid, [ref]) == [encode_message(tid, ref)]
+            assert decode_message(encode_message(tid, ref)) == (tid, ref)
 
 
-def test_packed_round_trip_and_chunking() -> None:
-    refs = [f"j{i}" for i in range(10)]
-    msgs = encode_messages("t1", refs, 4)
-    assert len(msgs) == 3
-    assert [decode_refs(m) for m in msgs] == [
-        ("t1", ("j0", "j1", "j2", "j3")), ("t1", ("j4", "j5", "j6", "j7")), ("t1", ("j8", "j9"))
-    ]
-    assert decode_refs(encode_message("t1", "f2")) == ("t1", ("f2",))
-    with pytest.raises(ValueError, match="expected one"):
-        decode_message(msgs[0])
+def test_ticket_round_trip() -> None:
+    raw = encode_ticket("q.2", 17)
+    assert raw == '{"v":1,"queue":"q.2","ticket":17}'
+    m = decode(raw)
+    assert (m.is_ticket, m.queue, m.ticket) == (True, "q.2", 17)
+    with pytest.raises(ValueError, match="ticket"):
+        decode_message(raw)
 
 
 @pytest.mark.parametrize(
     "raw",
     [
-        '{"v":1,"task":"t","refs":[]}',
-        '{"v":1,"task":"t","refs":"j0"}',
-        '{"v":1,"task":"t","refs":["j0","j0"]}',
-        '{"v":1,"task":"t","refs":["j0","os:system"]}',
-        '{"v":1,"task":"t","ref":"j0","refs":["j1"]}',
-        '{"v":1,"task":"t","refs":["j0"],"fn":"os:system"}',
-        json.dumps({"v": 1, "task": "t", "refs": [f"j{i}" for i in range(MAX_REFS_PER_MESSAGE + 1)]}),
+        '{"v":1,"task":"t","refs":["j0","j1"]}',  # the packed messages of old: refused, never run
+        '{"v":1,"queue":"q","ticket":0}',
+        '{"v":1,"queue":"q","ticket":true}',
+        '{"v":1,"queue":"q","ticket":1.5}',
+        '{"v":1,"queue":"no spaces","ticket":1}',
+        '{"v":1,"queue":"q"}',
+        '{"v":1,"queue":"q","ticket":1,"task":"t"}',
+        '{"v":1,"queue":"q","ticket":1,"fn":"os:system"}',
     ],
 )
-def test_bad_packed_messages_are_refused(raw: str) -> None:
+def test_bad_tickets_are_refused(raw: str) -> None:
     with pytest.raises(ValueError):
-        decode_refs(raw)
+        decode(raw)
+
+
+# -- a backend whose queue the test delivers by hand, on each store -------------------------
 
 
 class _Manual(Queue):
@@ -83,66 +97,13 @@ class _Manual(Queue):
     def enqueue(self, queue: str, messages: list[str]) -> None:  # type: ignore[override]
         self.sent.extend(messages)
 
-
-def _backend() -> tuple[Backend, _Manual]:
-    base = connect("memory")
-    store = base.store
-    base.stop_recovery()
-    q = _Manual()
-    return Backend(store, q, name="manual"), q
+    def take_all(self) -> list[str]:
+        out, self.sent = self.sent, []
+        return out
 
 
-def test_packed_message_runs_each_job_once_and_finalizer_inline() -> None:
-    SEEN.clear()
-    backend, q = _backend()
-    with backend.create_task("pack-1") as task:
-        task.add_jobs(note, range(10), per_message=4)
-        task.add_finalization_job(final, "a")
-        task.add_finalization_job(final, "b")
-    assert len(q.sent) == 3
-    first = q.sent[0]
-    for m in list(q.sent):
-        backend.runner.handle(m)
-    # the finalizers ran in the thread that finished the last job: nothing was enqueued for them
-    assert len(q.sent) == 3
-    assert task.progress().state == TaskState.SUCCEEDED
-    assert sorted(i for k, i in SEEN if k == "job") == list(range(10))
-    assert [x for x in SEEN if x[0] == "final"] == [("final", 0), ("final", 1)]
-    # a redelivered packed message counts nothing twice
-    assert backend.runner.handle(first) == "skipped:already-finished"
-    assert task.progress().succeeded == 10
-
-
-def test_packed_message_with_failures_records_each_job() -> None:
-    backend, q = _backend()
-    with backend.create_task("pack-2", policy="continue") as task:
-        task.add_jobs(boom, range(3), per_message=3)
-        task.add_jobs(note, range(2), per_message=2)
-    out = [backend.runner.handle(m) for m in list(q.sent)]
-    assert out == ["failed", "succeeded"]
-    p = task.progress()
-    assert (p.failed, p.succeeded, p.state) == (3, 2, TaskState.SUCCEEDED)
-    assert sorted(f.ref for f in task.failures()) == ["j0", "j1", "j2"]
-
-
-def test_packed_message_for_a_missing_task_is_rejected_once() -> None:
-    backend, _ = _backend()
-    raw = encode_messages("no-such-task", ["j0", "j1", "j2"], 3)[0]
-    assert backend.runner.handle(raw) == "rejected"
-    assert len(backend.rejected()) == 1
-
-
-def test_per_message_is_validated() -> None:
-    backend, _ = _backend()
-    with backend.create_task("pack-3") as task:
-        for bad in (0, MAX_REFS_PER_MESSAGE + 1, 2.0, True):
-            with pytest.raises(InvalidJob, match="per_message"):
-                task.add_jobs(note, [1], per_message=bad)  # type: ignore[arg-type]
-
-
-def test_redis_finish_then_start_matches_two_calls() -> None:
+def _redis_store() -> Store:
     redis = pytest.importorskip("redis")
-    from multistep_core.model import JOB, TaskOptions
     from multistep_core.redis import RedisStore
 
     url = f"redis://{REDIS_ADDR}/12"
@@ -152,19 +113,135 @@ def test_redis_finish_then_start_matches_two_calls() -> None:
         if os.environ.get("CI") == "true":
             raise
         pytest.skip(f"no Redis at {REDIS_ADDR}")
-    st = RedisStore(url, prefix=f"packtest{os.getpid()}")
-    tid = "ftos-1"
-    st.create_task(tid, TaskOptions(), 1.0)
-    st.add_jobs(tid, JOB, ['{"fn":"packtest.note","args":[1]}'] * 3, 1.0)
-    st.seal(tid, 1.0)
-    s0 = st.start(tid, "j0", 2.0)
-    _, s1 = st.finish_then_start(tid, "j0", s0.attempt, 3.0, "j1")
-    assert s1.run and s1.attempt == 1
-    _, again = st.finish_then_start(tid, "j1", s1.attempt, 4.0, "j0")  # j0 already done
-    assert not again.run and again.reason == "already-finished"
-    assert st.job_states(tid)["j0"] == "succeeded" and st.job_states(tid)["j1"] == "succeeded"
-    st.delete(tid)
-    st.close()
+    return RedisStore(url, prefix=f"packtest-{uuid.uuid4().hex[:8]}", lease=5.0)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def manual(request: pytest.FixtureRequest) -> Iterator[tuple[Backend, _Manual]]:
+    if request.param == "memory":
+        base = connect("memory", lease=5.0)
+        base.stop_recovery()
+        store = base.store
+    else:
+        store = _redis_store()
+    q = _Manual()
+    SEEN.clear()
+    DIE_AT.clear()
+    try:
+        yield Backend(store, q, name="manual"), q
+    finally:
+        r = getattr(store, "r", None)
+        if r is not None:
+            for key in list(r.scan_iter(match=f"{store.prefix}:*")):  # type: ignore[attr-defined]
+                r.delete(key)
+        store.close()
+
+
+def _deliver(backend: Backend, q: _Manual) -> list[str]:
+    """Deliver every message until the queue is empty; the outcomes."""
+    out = []
+    while q.sent:
+        out.extend(backend.runner.handle(m) for m in q.take_all())
+    return out
+
+
+# -- batches -------------------------------------------------------------------------------
+
+
+def test_a_ticket_runs_up_to_per_message_jobs_and_the_finalizers_inline(manual: tuple[Backend, _Manual]) -> None:
+    backend, q = manual
+    with backend.create_task("pack-1") as task:
+        task.add_jobs(note, range(10), per_message=4)
+        task.add_finalization_job(final, "a")
+        task.add_finalization_job(final, "b")
+    tickets = list(q.sent)
+    assert len(tickets) == 10 and all(decode(m).is_ticket for m in tickets)  # one per waiting job
+    out = _deliver(backend, q)
+    # three tickets ran 4 + 4 + 2 jobs; the other seven found no work; the finalizers ran in the
+    # thread that finished the last job: nothing was enqueued for them
+    assert out[:3] == ["succeeded"] * 3 and out[3:] == ["skipped:no-work"] * 7
+    assert task.progress().state == TaskState.SUCCEEDED
+    assert sorted(i for k, i in SEEN if k == "job") == list(range(10))
+    assert [x for x in SEEN if x[0] == "final"] == [("final", 0), ("final", 1)]
+    # a redelivered ticket counts nothing twice
+    assert backend.runner.handle(tickets[0]) == "skipped:stale-ticket"
+    assert task.progress().succeeded == 10
+
+
+def test_a_batch_with_failures_records_each_job(manual: tuple[Backend, _Manual]) -> None:
+    backend, q = manual
+    with backend.create_task("pack-2", policy="continue") as task:
+        task.add_jobs(boom, range(3), per_message=3)
+    out = _deliver(backend, q)
+    assert out[0] == "failed" and set(out[1:]) == {"skipped:no-work"}
+    p = task.progress()
+    assert (p.failed, p.succeeded, p.state) == (3, 0, TaskState.SUCCEEDED)
+    assert sorted(f.ref for f in task.failures()) == ["j0", "j1", "j2"]
+
+
+def test_a_worker_dying_mid_batch_leaves_the_rest_to_others(manual: tuple[Backend, _Manual]) -> None:
+    # Given a task of 8 jobs, 8 per ticket, and a worker that dies running the third
+    backend, q = manual
+    DIE_AT.add(2)
+    with backend.create_task("pack-3") as task:
+        task.add_jobs(note, range(8), per_message=8)
+    tickets = q.take_all()
+    with pytest.raises(Died):
+        backend.runner.handle(tickets[0])
+    # Then the jobs it did not reach wait in the store: the next ticket (any worker) runs them
+    p = task.progress()
+    assert (p.succeeded, p.running, p.pending) == (2, 1, 5)
+    assert backend.runner.handle(tickets[1]) == "succeeded"
+    assert task.progress().succeeded == 7
+    # And the job it died in comes back after its lease, through a ticket
+    assert [backend.runner.handle(t) for t in tickets[2:]] == ["skipped:no-work"] * 6
+    store = backend.store
+    ds = store.claim_due(time.time() + 3 * store.lease)
+    assert [d.tickets for d in ds if d.task_id == "pack-3"] and not any(d.refs for d in ds)
+    for d in ds:
+        backend.dispatch(d)
+    _deliver(backend, q)
+    assert task.progress().state == TaskState.SUCCEEDED
+    assert sorted(i for k, i in SEEN if k == "job") == list(range(8))
+
+
+def test_ticket_size_does_not_depend_on_the_task(manual: tuple[Backend, _Manual]) -> None:
+    backend, q = manual
+    sizes = {}
+    for n in (1, 5000):
+        with backend.create_task(f"size-{n}") as task:
+            task.add_jobs(note, range(n), per_message=64)
+        msgs = q.take_all()
+        assert len(msgs) <= 64  # the window: never one message per job
+        sizes[n] = max(len(m) for m in msgs)
+        backend.store.delete(f"size-{n}")
+    assert sizes[5000] - sizes[1] <= 2  # a ticket number of two more digits, at most
+
+
+def test_take_next_is_one_call_and_stops_at_the_batch_end(manual: tuple[Backend, _Manual]) -> None:
+    backend, q = manual
+    store = backend.store
+    with backend.create_task("ftos-1") as task:
+        task.add_jobs(note, [1, 2, 3], per_message=2)
+    ticket = decode(q.take_all()[0])
+    s0 = store.take(ticket.queue, ticket.ticket, time.time())
+    assert (s0.run, s0.task_id, s0.ref, s0.batch) == (True, "ftos-1", "j0", 2)
+    d, s1 = store.take_next("ftos-1", "j0", s0.attempt, time.time())
+    assert d == Dispatch() and (s1.run, s1.ref, s1.attempt) == (True, "j1", 1)
+    d, s2 = store.take_next("ftos-1", "j1", s1.attempt, time.time())
+    assert (s2.run, s2.ref) == (True, "j2")
+    d, s3 = store.take_next("ftos-1", "j2", s2.attempt, time.time())
+    assert not s3.run and s3.reason == "batch-done"
+    assert set(store.job_states("ftos-1").values()) == {"succeeded"}
+    assert task.progress().state == TaskState.SUCCEEDED
+
+
+def test_per_message_is_validated(manual: tuple[Backend, _Manual]) -> None:
+    backend, _ = manual
+    with backend.create_task("pack-4") as task:
+        for bad in (0, MAX_PER_MESSAGE + 1, 2.0, True):
+            with pytest.raises(InvalidJob, match="per_message"):
+                task.add_jobs(note, [1], per_message=bad)  # type: ignore[arg-type]
 
 
 @job(name="packtest.retrying", retries=2)
@@ -176,16 +253,18 @@ def retrying(*args: object) -> None:
 def test_add_jobs_stores_what_make_spec_gives(fn: object, monkeypatch: pytest.MonkeyPatch) -> None:
     from multistep_core.registry import make_spec
 
-    backend, _ = _backend()
+    base = connect("memory")
+    base.stop_recovery()
+    backend = Backend(base.store, _Manual(), name="manual")
     seen: list[str] = []
     real = backend.store.add_jobs
 
-    def spy(task_id: str, kind: str, specs: list[str], now: float) -> list[str]:
+    def spy(task_id: str, kind: str, specs: list[str], now: float, per_message: int = 1) -> list[str]:
         seen.extend(specs)
-        return real(task_id, kind, specs, now)
+        return real(task_id, kind, specs, now, per_message)
 
     monkeypatch.setattr(backend.store, "add_jobs", spy)
-    items = [1, "x", [1, 2.5, None], (True, {"a": [1, 2]}), {"k": 1.0}, -3, "é\u2028", [[]]]
+    items: list[Any] = [1, "x", [1, 2.5, None], (True, {"a": [1, 2]}), {"k": 1.0}, -3, "é\u2028", [[]]]
     with backend.create_task() as task:
         task.add_jobs(fn, items)  # type: ignore[arg-type]
     want = [

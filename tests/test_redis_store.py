@@ -23,7 +23,7 @@ from services import REDIS_ADDR
 
 from multistep_core import connect
 from multistep_core.errors import BackendConnectionError
-from multistep_core.model import Policy, TaskOptions, TaskState
+from multistep_core.model import Dispatch, Policy, TaskOptions, TaskState
 
 redis = pytest.importorskip("redis")
 
@@ -93,6 +93,50 @@ def test_concurrent_last_jobs_dispatch_f0_exactly_once(rstore: Any) -> None:
         assert p.state == TaskState.FINALIZING and p.succeeded == n_jobs and p.running == 0
 
 
+def test_concurrent_takes_start_each_job_once(rstore: Any) -> None:
+    """Eight connections take the tickets of one queue at once: every job of every task starts
+    exactly once, a capped task never runs more than its cap, and no ticket starts two jobs."""
+    now = time.time()
+    for t, cap in enumerate([0, 2, 0, 1]):
+        rstore.create_task(f"t{t}", TaskOptions(max_concurrency=cap, weight=1.0 + t), now)
+        rstore.add_jobs(f"t{t}", "j", [SPEC] * 25, now)
+        rstore.seal(f"t{t}", now)
+    tickets = list(rstore.release("default", now).tickets)
+    assert len(tickets) == 64  # the window
+    started: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        from multistep_core.redis import RedisStore
+
+        s = RedisStore(URL, lease=5.0, prefix=rstore.prefix)
+        barrier.wait()
+        while True:
+            with lock:
+                if not tickets:
+                    break
+                ticket = tickets.pop()
+            st = s.take("default", ticket, time.time())
+            if st.run:
+                with lock:
+                    started.append((st.task_id, st.ref))
+                d = s.finish(st.task_id, st.ref, st.attempt, time.time())
+                with lock:
+                    tickets.extend(d.tickets)
+        s.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(started) == len(set(started)) == 100
+    assert all(rstore.progress(f"t{t}").state == TaskState.SUCCEEDED for t in range(4))
+    q = rstore.queue_state("default")
+    assert (q.waiting, q.groups) == (0, {})
+
+
 def _add_timed(rstore: Any, tid: str, n: int) -> float:
     rstore.create_task(tid, TaskOptions(), time.time())
     specs = [json.dumps({"fn": "bench:work", "args": [i]}, separators=(",", ":")) for i in range(n)]
@@ -127,8 +171,8 @@ def test_finished_jobs_cost_a_bit(rstore: Any) -> None:
         pipe = r.pipeline(transaction=False)
         now = time.time()
         for j in range(i, min(n, i + 1000)):
-            rstore._evalsha(pipe, "start", "run", [repr(now), "5.0", "j", j, f"j{j}"])
-            rstore._evalsha(pipe, "finish", "run", [repr(now), "5.0", "j", j, f"j{j}", 1, "0", "", "", ""])
+            rstore._evalsha(pipe, "start", "run", now, ["j", j, f"j{j}"])
+            rstore._evalsha(pipe, "finish", "run", now, ["j", j, f"j{j}", 1, "0", "", "", ""])
         pipe.execute()
         if i + 1000 == half:
             mid = rstore.memory_usage("run")
@@ -142,9 +186,10 @@ def test_finished_jobs_cost_a_bit(rstore: Any) -> None:
 
 
 def test_single_round_trips(rstore: Any) -> None:
-    """start, finish and renew are one network round trip each (pipelined commands count once)."""
+    """Every transition a job goes through is one network round trip (pipelined commands count
+    once): per job with per_message=1, take + finish; with per_message=k, take_next per job."""
     rstore.create_task("rt", TaskOptions(), time.time())
-    rstore.add_jobs("rt", "j", [SPEC] * 2, time.time())
+    rstore.add_jobs("rt", "j", [SPEC] * 4, time.time(), 2)
     rstore.seal("rt", time.time())
     calls: list[str] = []
     conn_cls = rstore.r.connection_pool.connection_class
@@ -156,11 +201,16 @@ def test_single_round_trips(rstore: Any) -> None:
         return orig_send(self, command, check_health)
 
     conn_cls.send_packed_command = send
+    rstore._next_sweep = time.monotonic() + 3600  # claim_due's repair sweep (every 15 s) is not per job
     try:
         for name, fn in [
-            ("start", lambda: rstore.start("rt", "j0", time.time())),
+            ("release", lambda: rstore.release("default", time.time())),
+            ("take", lambda: rstore.take("default", 1, time.time())),
             ("renew", lambda: rstore.renew("rt", "j0", 1, time.time())),
-            ("finish", lambda: rstore.finish("rt", "j0", 1, time.time())),
+            ("take_next", lambda: rstore.take_next("rt", "j0", 1, time.time())),
+            ("finish", lambda: rstore.finish("rt", "j1", 1, time.time())),
+            ("start", lambda: rstore.start("rt", "j3", time.time())),
+            ("claim_due", lambda: rstore.claim_due(time.time())),
         ]:
             sent.clear()
             fn()
@@ -195,11 +245,13 @@ def test_claim_due_uses_the_due_index(rstore: Any) -> None:
         rstore.create_task(tid, TaskOptions(max_lost=0, policy=Policy.FAIL_FAST), now)
         rstore.add_jobs(tid, "j", [SPEC] * 3, now)
         rstore.seal(tid, now)
+    assert rstore.release("default", now).tickets == (1, 2, 3, 4, 5, 6)
     assert rstore.start("x", "j1", now).run
     assert rstore.claim_due(now + 1) == []
     assert b"x" in rstore.r.zrange(f"{rstore.prefix}:due-tasks", 0, -1)
-    # the lease expired: the job is lost for good (max_lost=0) and the task fails
-    assert rstore.claim_due(now + 10) == []
+    # the lease expired: the job is lost for good (max_lost=0) and the task fails; the queue's
+    # tickets, taken by no worker for two leases, are sent again
+    assert rstore.claim_due(now + 10) == [Dispatch("", "default", (), (1, 2, 3, 4, 5, 6))]
     assert rstore.progress("x").state == TaskState.FAILED
     assert [f.type for f in rstore.failures("x")] == ["WorkerLost"]
     assert rstore.r.zcard(f"{rstore.prefix}:due-tasks") == 0

@@ -149,6 +149,8 @@ class Pair:
     def step(self, op: Op, args: Args) -> Any:
         run = self.run
         now = run.now
+        if op.name == "create_task" and isinstance(args.get("options"), TaskOptions):
+            args = {**args, "options": run.own(args["options"])}  # the run's own queues
         a = outcome(lambda: op.compare(op.apply(self.reference, now, args), run), self.messages)
         b = outcome(lambda: op.compare(op.apply(self.native, now, args), run), self.messages)
         self.log.append(f"{len(self.log) + 1:4d} {run.clock():>10}  {op.describe(args)}\n"
@@ -161,6 +163,7 @@ class Pair:
         self.touched = {args["task_id"]} if "task_id" in args else set(self.created)
         if a[0] == "ok":
             op.learn(run, args, a[1], now)
+            run.note_tickets(a[1][0] if isinstance(a[1], tuple) else a[1])
         if op.moves_clock:
             run.advance()
         return a[1] if a[0] == "ok" else None
@@ -451,7 +454,8 @@ class DifferentialTests:
             end = p.do("finish", task_id=a, ref="j0", attempt=2, outcome="error", error_type="ValueError",
                        message="second")
             # Then both stores retried it exactly once: 1.0 counts as 1
-            assert (first.attempt, again, second.attempt, end) == (1, Dispatch(a, "default", ("j0",)), 2, Dispatch())
+            # (the retry puts j0 back in line: tickets for its queue, no message naming it)
+            assert (first.attempt, again.refs, bool(again.tickets), second.attempt, end) == (1, (), True, 2, Dispatch())
             progress = p.reference.progress(a)
             assert progress is not None and progress.state == TaskState.FAILED
             assert [(f.ref, f.attempt, f.message) for f in p.native.failures(a)] == [("j0", 2, "second")]
@@ -517,40 +521,72 @@ class DifferentialTests:
                  message=f"{ref} {how}", result="1")
 
     def test_lost_leases_and_backoff_on_the_logical_clock(self, native_store: Store) -> None:
-        # Given a task whose jobs may fail once (backoff 2s) and lose their worker once
+        # Given a task whose jobs may fail once (backoff 2s) and lose their worker once, its
+        # two jobs taken by tickets
         with self.pair(native_store) as p:
             a = p.run.tid("a")
+            q = p.run.queue("default")
             lease = p.run.lease
             p.do("create_task", task_id=a, options=TaskOptions(policy=Policy.CONTINUE, max_retries=1, backoff=2.0,
                                                                  max_lost=1, retention=RETENTION))
             p.do("add_jobs", task_id=a, kind="j", specs=['{"fn":"m:a"}', '{"fn":"m:b","args":[1]}'])
             p.do("add_jobs", task_id=a, kind="f", specs=['{"fn":"m:fin"}'])
             p.do("seal", task_id=a)
+            assert p.do("release", queue=q).tickets == (1, 2)
             t0 = p.run.now
-            p.do("start", task_id=a, ref="j0")
-            p.do("start", task_id=a, ref="j1")
+            assert p.do("take", queue=q, ticket=1).ref == "j0"
+            assert p.do("take", queue=q, ticket=1).reason == "stale-ticket"
+            assert p.do("take", queue=q, ticket=2).ref == "j1"
             t_fail = p.run.now
             assert not p.do("finish", task_id=a, ref="j1", attempt=1, outcome="error", error_type="ValueError",
                             message="once")
-            # When the clock reaches the backoff's end: j1 is sent again, not a moment earlier
+            # When the clock reaches the backoff's end: j1 goes back in line (a ticket), not a moment earlier
             p.tick_to(t_fail + 2.0 - 1e-6)
             assert p.do("claim_due", limit=1000) == []
             p.tick_to(t_fail + 2.0)
-            assert [d.refs for d in p.do("claim_due", limit=1000)] == [("j1",)]
+            assert p.do("claim_due", limit=1000) == [Dispatch(a, q, (), (3,))]
             renewed = p.run.now
             assert p.do("renew", task_id=a, ref="j0", attempt=1)
-            assert p.do("start", task_id=a, ref="j1").attempt == 2
+            assert p.do("take", queue=q, ticket=3).attempt == 2
             assert not p.do("finish", task_id=a, ref="j1", attempt=2, outcome="ok", result='{"ok": "✓ 😀"}')
-            # And j0's worker stops renewing: lost exactly at the renewed lease's end, sent again
+            # And j0's worker stops renewing: lost exactly at the renewed lease's end, back in line
             p.tick_to(t0 + lease)
             assert p.do("claim_due", limit=1000) == []
             p.tick_to(renewed + lease)
-            assert [d.refs for d in p.do("claim_due", limit=1000)] == [("j0",)]
+            assert p.do("claim_due", limit=1000) == [Dispatch(a, q, (), (4,))]
             # Then a second loss is one too many (max_lost=1): j0 fails for good, the finalizer is sent
-            assert p.do("start", task_id=a, ref="j0").attempt == 2
+            assert p.do("take", queue=q, ticket=4).attempt == 2
             p.tick_to(p.run.now + 3 * lease)
-            assert [d.refs for d in p.do("claim_due", limit=1000)] == [("f0",)]
+            assert p.do("claim_due", limit=1000) == [Dispatch(a, q, ("f0",))]
             assert [(f.ref, f.type) for f in p.native.failures(a)] == [("j0", "WorkerLost")]
+
+    def test_caps_park_tickets_and_lost_tickets_are_sent_again(self, native_store: Store) -> None:
+        """A task capped at one running job: the second ticket parks and comes back when the
+        first job ends; a ticket nobody takes is sent again after two leases, then backs off."""
+        with self.pair(native_store) as p:
+            a, b = p.run.tid("a"), p.run.tid("b")
+            q = p.run.queue("default")
+            lease = p.run.lease
+            p.do("create_task", task_id=a, options=TaskOptions(max_concurrency=1, retention=RETENTION))
+            p.do("create_task", task_id=b, options=TaskOptions(group="g1", weight=2.0, group_max_concurrency=1,
+                                                                 retention=RETENTION))
+            p.do("add_jobs", task_id=a, kind="j", specs=['{"fn":"m:a"}'] * 3, per_message=2)
+            p.do("add_jobs", task_id=b, kind="j", specs=['{"fn":"m:b"}'] * 2)
+            assert p.do("release", queue=q).tickets == (1, 2, 3, 4, 5)
+            first = p.do("take", queue=q, ticket=1)
+            second = p.do("take", queue=q, ticket=2)
+            assert {first.task_id, second.task_id} == {a, b}
+            assert p.do("take", queue=q, ticket=3).reason == "capped"
+            _, nxt = p.do("take_next", task_id=a, ref="j0", attempt=1, outcome="ok", result="1")
+            assert nxt.run and nxt.ref == "j1"
+            p.do("finish", task_id=b, ref="j0", attempt=1, outcome="ok")
+            p.tick_to(p.run.now + 2 * lease)
+            p.do("claim_due", limit=1000)
+            p.tick_to(p.run.now + 4 * lease)
+            p.do("claim_due", limit=1000)
+            p.do("cancel", task_id=b, by="tester")
+            p.do("delete", task_id=a)
+            p.do("release", queue=q)
 
     def test_a_large_add_agrees(self, native_store: Store) -> None:
         """One add_jobs of 4,500 specs (more than one script call on Redis), then a few of
@@ -562,9 +598,14 @@ class DifferentialTests:
             refs = p.do("add_jobs", task_id=a, kind="j", specs=[f'{{"fn":"m:a","args":[{i}]}}' for i in range(4500)])
             assert refs[-1] == "j4499"
             p.do("seal", task_id=a)
-            p.do("start_packed", task_id=a, refs=["j4499", "j0", "j2000", "j4000"])
-            p.do("finish_then_start", task_id=a, ref="j4499", attempt=1, outcome="ok", result="[1]", next_ref="j2000")
-            p.do("finish", task_id=a, ref="j2000", attempt=1, outcome="error", error_type="ValueError", message="x")
+            queue = p.run.queue("default")
+            assert p.do("release", queue=queue).tickets == tuple(range(1, 65))  # a window's worth
+            p.do("start", task_id=a, ref="j4499")
+            first = p.do("take", queue=queue, ticket=1)
+            assert (first.ref, first.batch) == ("j0", 1)
+            _, second = p.do("take_next", task_id=a, ref="j0", attempt=1, outcome="ok", result="[1]")
+            p.do("finish", task_id=a, ref=second.ref, attempt=1, outcome="error", error_type="ValueError", message="x")
+            p.do("finish", task_id=a, ref="j4499", attempt=1, outcome="ok", result="[2]")
             p.tick_to(p.run.now + 3 * p.run.lease)
             p.do("claim_due", limit=10_000)
             p.do("cancel", task_id=a, by="tester@host")

@@ -11,11 +11,11 @@ A new transition of the Store protocol is one new row, appended to :data:`OPS` (
 test class's ``ops``); a transition only some stores have says so with ``supported``, and
 is left out for the others::
 
-    NEXT_JOB = Op(
-        "next_job",
-        args=lambda run, draw: {"queue": draw(st.sampled_from(QUEUES))},
-        apply=lambda store, now, a: store.next_job(a["queue"], now),
-        supported=lambda store: isinstance(store, SupportsFairDispatch),
+    PEEK = Op(
+        "peek",
+        args=lambda run, draw: {"queue": run.queue(draw(st.sampled_from(QUEUES)))},
+        apply=lambda store, now, a: store.peek(a["queue"], now),
+        supported=lambda store: hasattr(store, "peek"),
         weight=4,
     )
 
@@ -32,12 +32,13 @@ import json
 import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 from hypothesis import strategies as st
 
 from multistep_core.embedded.memory import MemoryStore
+from multistep_core.fairshare import QueueRow
 from multistep_core.model import Dispatch, Failure, Policy, Start, TaskOptions, TaskState
 from multistep_core.store import Store, Txn
 
@@ -58,7 +59,8 @@ is out of this test's reach."""
 
 TASK_NAMES = ("a", "b", "c")
 REFS = ("j0", "j1", "j2", "j5", "f0", "f1", "x0", "x1")  # every kind; some never exist
-QUEUES = ("default", "q.2", "Q_3-x")
+QUEUES = ("default", "q.2", "Q_3-x")  # each run uses its own copies (Run.queue): ticket numbers are per queue
+GROUPS = ("", "", "g1", "G.2")
 MAX_LISTED = 10_000
 
 
@@ -181,6 +183,10 @@ def task_options() -> st.SearchStrategy[TaskOptions]:
         keep_results=st.booleans(),
         retention=st.just(RETENTION),
         queue=st.sampled_from(QUEUES),
+        group=st.sampled_from(GROUPS),
+        weight=st.sampled_from([1.0, 1.0, 2.0, 0.5, 3.0, 0.1]),
+        max_concurrency=st.sampled_from([0, 0, 1, 2]),
+        group_max_concurrency=st.sampled_from([0, 0, 1, 3]),
     )
 
 
@@ -209,10 +215,9 @@ class _TiesInOrder:
 
 class ReferenceStore(MemoryStore):
     """The reference of the differential test: a :class:`MemoryStore` (RowStore logic) whose
-    ``claim_due`` handles rows due at the same instant in (task, ref) order, as the SQLite
-    and Redis stores do. A plain MemoryStore handles them in the order they first got a due
-    time, and the order matters (a packed message's refs are guarded at the instant its first
-    ref starts): see the ``DISAGREEMENT`` tests of the project."""
+    ``claim_due`` handles rows due at the same instant in (task, ref) order, as the Redis
+    store does. A plain MemoryStore handles them in the order they first got a due time, and
+    the order can matter (which task's follow-up issues which ticket)."""
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Txn]:
@@ -291,6 +296,7 @@ class Run:
     running: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # → attempt, lease end
     attempts: dict[tuple[str, str], int] = field(default_factory=dict)
     specs: tuple[str, ...] = ('{"fn":"m:a","args":[]}',)  # the specs its jobs have (drawn once per sequence)
+    tickets: dict[str, set[int]] = field(default_factory=dict)  # queue → tickets seen issued
     _views: dict[str, TaskView] = field(default_factory=dict)
 
     @property
@@ -300,6 +306,33 @@ class Run:
 
     def tid(self, name: str) -> str:
         return f"d{self.token}.{name}"
+
+    def queue(self, name: str) -> str:
+        """The run's own copy of queue ``name`` (the stores' ticket counters are per queue)."""
+        return name if name.endswith(f"-{self.token}") else f"{name}-{self.token}"
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return tuple(self.queue(q) for q in QUEUES)
+
+    def own(self, options: TaskOptions) -> TaskOptions:
+        """``options`` on the run's copy of its queue."""
+        return replace(options, queue=self.queue(options.queue))
+
+    def note_tickets(self, result: Any) -> None:
+        """Remember the tickets an answer issued (a take presents one of them)."""
+        items = result if isinstance(result, (list, tuple)) else [result]
+        for d in items:
+            if isinstance(d, Dispatch) and d.tickets:
+                self.tickets.setdefault(d.queue, set()).update(d.tickets)
+
+    def pick_ticket(self, draw: Draw[Any]) -> tuple[str, int]:
+        """A queue of the run and a ticket: mostly one seen issued (maybe taken since),
+        sometimes one never issued."""
+        seen = sorted((q, t) for q, ts in self.tickets.items() for t in ts)
+        if seen and draw(st.integers(0, 7)) > 0:
+            return one_of(draw, seen)
+        return self.queue(draw(st.sampled_from(QUEUES))), int(draw(st.sampled_from([1, 2, 3, 7, 64, 10**6])))
 
     def advance(self) -> None:
         self.transitions += 1
@@ -446,20 +479,26 @@ def _short(v: Any, limit: int = 160) -> str:
 
 
 def norm_dispatch(d: Any, run: Run | None = None) -> Any:
-    """A Dispatch, its refs in (kind, number) order: the order of refs inside one dispatch
-    is not part of the contract (the caller enqueues them all)."""
+    """A Dispatch, its refs in (kind, number) order and its tickets in order: the order of
+    messages inside one dispatch is not part of the contract (the caller enqueues them all)."""
     if isinstance(d, Dispatch):
-        return Dispatch(d.task_id, d.queue, tuple(sorted(d.refs, key=ref_key)), d.delay)
+        return Dispatch(d.task_id, d.queue, tuple(sorted(d.refs, key=ref_key)), tuple(sorted(d.tickets)))
     return d
 
 
 def norm_claims(ds: Any, run: Run) -> Any:
-    """claim_due's dispatches of this run's tasks, in a canonical order (a store hands them
-    out in any order)."""
+    """claim_due's dispatches of this run's tasks and queues, in a canonical order (a store
+    hands them out in any order)."""
     if not isinstance(ds, list):
         return ds
-    mine = [norm_dispatch(d) for d in ds if getattr(d, "task_id", None) in run.ids]
-    return sorted(mine, key=lambda d: (d.task_id, [ref_key(r) for r in d.refs], d.queue))
+    mine = [norm_dispatch(d) for d in ds
+            if getattr(d, "task_id", None) in run.ids or (getattr(d, "task_id", None) == "" and d.queue in run.queues)]
+    return sorted(mine, key=lambda d: (d.task_id, d.queue, [ref_key(r) for r in d.refs], d.tickets))
+
+
+def norm_pair(r: Any, run: Run) -> Any:
+    """take_next's answer: the dispatch normalized, the start as it is."""
+    return (norm_dispatch(r[0]), r[1]) if isinstance(r, tuple) else r
 
 
 def norm_listed(ps: Any, run: Run) -> Any:
@@ -490,7 +529,7 @@ def failure(args: Args, now: float) -> Failure | None:
 
 
 def _create_args(run: Run, draw: Draw[Any]) -> Args:
-    return {"task_id": run.pick_task(draw, new=True), "options": draw(task_options())}
+    return {"task_id": run.pick_task(draw, new=True), "options": run.own(draw(task_options()))}
 
 
 def _seal_args(run: Run, draw: Draw[Any]) -> Args:
@@ -506,29 +545,13 @@ def _add_args(run: Run, draw: Draw[Any]) -> Args:
     # and are a test of their own.
     kind = draw(st.sampled_from(["j"] * 4 + ["f"] * 2 + ["x", "z"]))
     n = 1 if kind == "x" else draw(st.sampled_from([1, 1, 2, 2, 3, 0, 4]))
-    return {"task_id": run.pick_task(draw, is_open), "kind": kind, "specs": [one_of(draw, run.specs) for _ in range(n)]}
+    return {"task_id": run.pick_task(draw, is_open), "kind": kind, "specs": [one_of(draw, run.specs) for _ in range(n)],
+            "per_message": draw(st.sampled_from([1, 1, 1, 2, 3]))}
 
 
 def _start_args(run: Run, draw: Draw[Any]) -> Args:
     tid = run.pick_task(draw, has_startable)
     return {"task_id": tid, "ref": run.pick_ref(draw, tid)}
-
-
-def _some_refs(run: Run, draw: Draw[Any], tid: str, n: int) -> list[str]:
-    # Canonical refs only: the Redis store guards "j01" as j1 (a disagreement, tested on its own).
-    known = sorted({*run.view(tid).jobs, *REFS}, key=ref_key)
-    return list(draw(st.lists(st.sampled_from(known), max_size=n, unique=True)))
-
-
-def _packed_args(run: Run, draw: Draw[Any]) -> Args:
-    tid = run.pick_task(draw, has_startable)
-    first = run.pick_ref(draw, tid)
-    return {"task_id": tid, "refs": [first, *[r for r in _some_refs(run, draw, tid, 3) if r != first]]}
-
-
-def _guard_args(run: Run, draw: Draw[Any]) -> Args:
-    tid = run.pick_task(draw)
-    return {"task_id": tid, "refs": _some_refs(run, draw, tid, 4)}
 
 
 def _renew_args(run: Run, draw: Draw[Any]) -> Args:
@@ -548,10 +571,13 @@ def _finish_args(run: Run, draw: Draw[Any]) -> Args:
     return a
 
 
-def _then_start_args(run: Run, draw: Draw[Any]) -> Args:
-    a = _finish_args(run, draw)
-    a["next_ref"] = run.pick_ref(draw, a["task_id"])  # as the reference is before the finish
-    return a
+def _take_args(run: Run, draw: Draw[Any]) -> Args:
+    queue, ticket = run.pick_ticket(draw)
+    return {"queue": queue, "ticket": ticket}
+
+
+def _release_args(run: Run, draw: Draw[Any]) -> Args:
+    return {"queue": run.queue(draw(st.sampled_from(QUEUES)))}
 
 
 def _cancel_args(run: Run, draw: Draw[Any]) -> Args:
@@ -584,13 +610,8 @@ def _finish(store: Store, now: float, a: Args) -> Dispatch:
     return store.finish(a["task_id"], a["ref"], a["attempt"], now, result=a.get("result"), error=failure(a, now))
 
 
-def _then_start(store: Store, now: float, a: Args) -> tuple[Dispatch, Start]:
-    return store.finish_then_start(a["task_id"], a["ref"], a["attempt"], now, a["next_ref"], result=a.get("result"),
-                                   error=failure(a, now))
-
-
-def _compare_then_start(r: Any, run: Run) -> Any:
-    return (norm_dispatch(r[0]), r[1]) if isinstance(r, tuple) else r
+def _take_next(store: Store, now: float, a: Args) -> tuple[Dispatch, Start]:
+    return store.take_next(a["task_id"], a["ref"], a["attempt"], now, result=a.get("result"), error=failure(a, now))
 
 
 # -- what the run learns from the reference's answer -------------------------------------
@@ -604,8 +625,9 @@ def _learn_start(run: Run, a: Args, result: Any, now: float) -> None:
     run.learn_start(a["task_id"], a["ref"], result, now)
 
 
-def _learn_packed(run: Run, a: Args, result: Any, now: float) -> None:
-    run.learn_start(a["task_id"], a["refs"][0], result, now)
+def _learn_take(run: Run, a: Args, result: Any, now: float) -> None:
+    if isinstance(result, Start) and result.run:
+        run.learn_start(result.task_id, result.ref, result, now)
 
 
 def _learn_renew(run: Run, a: Args, result: Any, now: float) -> None:
@@ -618,10 +640,10 @@ def _learn_finish(run: Run, a: Args, result: Any, now: float) -> None:
     run.running.pop((a["task_id"], a["ref"]), None)
 
 
-def _learn_then_start(run: Run, a: Args, result: Any, now: float) -> None:
+def _learn_take_next(run: Run, a: Args, result: Any, now: float) -> None:
     run.running.pop((a["task_id"], a["ref"]), None)
     if isinstance(result, tuple):
-        run.learn_start(a["task_id"], a["next_ref"], result[1], now)
+        _learn_take(run, a, result[1], now)
 
 
 def _learn_claim(run: Run, a: Args, result: Any, now: float) -> None:
@@ -643,20 +665,20 @@ def _when(want: Callable[[TaskView], Any], often: int, rarely: int = 1) -> Calla
 OPS: tuple[Op, ...] = (
     Op("create_task", _create_args, lambda s, now, a: s.create_task(a["task_id"], a["options"], now),
        learn=_learn_create, weight=lambda run: 2 if len(run.live()) < 2 else 1),
-    Op("add_jobs", _add_args, lambda s, now, a: s.add_jobs(a["task_id"], a["kind"], a["specs"], now),
+    Op("add_jobs", _add_args, lambda s, now, a: s.add_jobs(a["task_id"], a["kind"], a["specs"], now,
+                                                           a.get("per_message", 1)),
        weight=_when(lambda v: is_open(v) and len(v.jobs) < 12, 6)),
     Op("seal", _seal_args, lambda s, now, a: s.seal(a["task_id"], now), norm_dispatch,
        weight=_when(lambda v: v.state == "open" and v.jobs, 4)),
     Op("start", _start_args, lambda s, now, a: s.start(a["task_id"], a["ref"], now), learn=_learn_start,
        weight=_when(has_startable, 12, 2)),
-    Op("start_packed", _packed_args, lambda s, now, a: s.start_packed(a["task_id"], a["refs"], now),
-       learn=_learn_packed, weight=_when(has_startable, 3)),
-    Op("guard", _guard_args, lambda s, now, a: s.guard(a["task_id"], a["refs"], now), weight=2),
+    Op("release", _release_args, lambda s, now, a: s.release(a["queue"], now), norm_dispatch, weight=3),
+    Op("take", _take_args, lambda s, now, a: s.take(a["queue"], a["ticket"], now), learn=_learn_take,
+       weight=lambda run: 14 if run.tickets else 2),
     Op("renew", _renew_args, lambda s, now, a: s.renew(a["task_id"], a["ref"], a["attempt"], now),
        learn=_learn_renew, weight=_when(has_running, 3)),
     Op("finish", _finish_args, _finish, norm_dispatch, _learn_finish, weight=_when(has_running, 12, 2)),
-    Op("finish_then_start", _then_start_args, _then_start, _compare_then_start, _learn_then_start,
-       weight=_when(has_running, 5)),
+    Op("take_next", _finish_args, _take_next, norm_pair, _learn_take_next, weight=_when(has_running, 5)),
     Op("cancel", _cancel_args, lambda s, now, a: s.cancel(a["task_id"], a["by"], now), weight=1),
     Op("retry", _retry_args, lambda s, now, a: s.retry(a["task_id"], now), norm_dispatch, weight=_when(is_failed, 4)),
     Op("claim_due", _claim_args, lambda s, now, a: s.claim_due(now, a["limit"]), norm_claims, _learn_claim,
@@ -699,13 +721,21 @@ def _has_job_states(store: Store) -> bool:
     return type(store).job_states is not Store.job_states
 
 
+def _queue_states(store: Store, run: Run) -> Any:
+    """The run's queues' scheduling state (a queue with none reads as an empty one)."""
+    read = cast(Any, store).queue_state  # RowStore and the Redis store have it; not part of Store
+    return {q: (read(q) or QueueRow(name=q)).to_dict() for q in run.queues}
+
+
 READS: tuple[Read, ...] = (
     # progress of every task of the run is compared after every step through list_tasks
     Read("progress", lambda s, run, tid: s.progress(tid), after=frozenset()),
     Read("failures", lambda s, run, tid: s.failures(tid)),
-    Read("results", lambda s, run, tid: s.results(tid), after=frozenset({"finish", "finish_then_start"})),
+    Read("results", lambda s, run, tid: s.results(tid), after=frozenset({"finish", "take_next"})),
     Read("job_states", lambda s, run, tid: s.job_states(tid), supported=_has_job_states),
     Read("list_tasks", lambda s, run, tid: norm_listed(s.list_tasks(None, MAX_LISTED), run), per_task=False),
+    Read("queue_state", lambda s, run, tid: _queue_states(s, run), per_task=False,
+         supported=lambda s: hasattr(s, "queue_state")),
     Read("rejected", lambda s, run, tid: rejected_of(s.rejected(1000), run), per_task=False,
          after=frozenset({"reject"})),
 )

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import BackendConnectionError, ConfigurationError, StoreError, TaskNotFound
+from ..fairshare import DEFAULT_WINDOW
 from ..model import NOTHING, Dispatch
 from ..options import redact_url
 from ..store import DEFAULT_LEASE, Store, worker_lost_failure
@@ -42,6 +43,7 @@ class RedisBase(Store):
         lease: float = DEFAULT_LEASE,
         client: Any = None,
         max_rejected: int = MAX_REJECTED,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         try:
             import redis
@@ -54,6 +56,7 @@ class RedisBase(Store):
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ConfigurationError(f"redis key prefix {prefix!r} must be a non-empty string without braces")
         self.lease = float(lease)
+        self.window = int(window)
         self.prefix = prefix
         self.url = url
         self.max_rejected = int(max_rejected)
@@ -78,6 +81,7 @@ class RedisBase(Store):
         self._k_tasks = f"{prefix}:tasks"
         self._k_due = f"{prefix}:due-tasks"
         self._k_rejected = f"{prefix}:rejected"
+        self._k_queues = f"{prefix}:queues"
         self._scripts = Scripts()
         self._sweep_lock = threading.Lock()
         self._next_sweep = 0.0
@@ -96,13 +100,27 @@ class RedisBase(Store):
         self._scripts.load(self.r)
 
     def keys(self, task_id: str) -> list[str]:
-        """The seven keys of one task, in the order the scripts expect."""
+        """The eight keys of one task, in the order the scripts expect."""
         base = f"{self.prefix}:{{{task_id}}}:"
-        return [base + k for k in ("meta", "spec", "rows", "done", "err", "res", "due")]
+        return [base + k for k in ("meta", "spec", "rows", "done", "err", "res", "due", "line")]
 
-    def _call(self, name: str, task_id: str, args: Sequence[Any]) -> Any:
+    def queue_keys(self, queue: str) -> list[str]:
+        """The keys of one queue's scheduling state (lua/fair.lua; groups have keys of their own)."""
+        base = f"{self.prefix}:{{{queue}}}:"
+        return [base + k for k in ("q", "q-tickets", "q-resends", "q-groups")]
+
+    def _argv(self, now: float, name: str, args: Sequence[Any]) -> list[Any]:
+        """ARGV of a store script: now, lease, prefix, window, the task id or queue, the rest."""
+        return [repr(now), repr(self.lease), self.prefix, self.window, name, *args]
+
+    def _call(self, name: str, task_id: str, now: float, args: Sequence[Any]) -> Any:
         """One task script on the keys of ``task_id``, in its own round trip."""
-        return self._script(name, self.keys(task_id), args)
+        return self._pipe(lambda pipe: self._evalsha(pipe, name, task_id, now, args))[0]
+
+    def _qcall(self, name: str, queue: str, now: float, args: Sequence[Any]) -> Any:
+        """One queue script (``take``, ``release``, ``claim``: ``queue`` may be empty)."""
+        keys = [self._k_due, self._k_queues, *(self.queue_keys(queue) if queue else ())]
+        return self._script(name, keys, self._argv(now, queue, args))
 
     def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._pipe(lambda pipe: pipe.evalsha(self._scripts.sha[name], len(keys), *keys, *args))[0]
@@ -125,14 +143,17 @@ class RedisBase(Store):
                     self._load_scripts()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _evalsha(self, pipe: Any, name: str, task_id: str, args: Sequence[Any]) -> None:
-        keys = self.keys(task_id)
-        pipe.evalsha(self._scripts.sha[name], len(keys), *keys, *args)
+    def _evalsha(self, pipe: Any, name: str, task_id: str, now: float, args: Sequence[Any]) -> None:
+        keys = [*self.keys(task_id), self._k_due, self._k_queues]
+        pipe.evalsha(self._scripts.sha[name], len(keys), *keys, *self._argv(now, task_id, args))
 
-    def _dispatch(self, task_id: str, res: list[Any]) -> Dispatch:
-        if len(res) > 2:
-            return Dispatch(task_id, res[1], tuple(res[2:]))
-        return NOTHING
+    @staticmethod
+    def _dispatch(task_id: str, res: list[Any]) -> Dispatch:
+        """A dispatch reply ``{status, queue, ref or '', ticket...}``."""
+        ref, tickets = res[2], tuple(int(t) for t in res[3:])
+        if not ref and not tickets:
+            return NOTHING
+        return Dispatch(task_id, res[1], (ref,) if ref else (), tickets)
 
     @staticmethod
     def _not_found(task_id: str) -> TaskNotFound:

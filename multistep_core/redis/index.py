@@ -1,10 +1,11 @@
 """Recovery on Redis: ``claim_due`` and the global due index.
 
 ``ms:due-tasks`` holds, per task, a lower bound of the earliest due time in the task's own
-``due`` set. Each transition that adds a due time lowers the entry in the same round trip
-(``ZADD LT``); ``claim_due`` visits tasks whose entry has passed, runs the claim script on
-each, and raises the entry to the task's true earliest due time. A bounded sweep repairs
-entries a crashed process left too high and drops entries of expired tasks.
+``due`` set. Each script that adds a due time lowers the entry itself (``ZADD LT``);
+``claim_due`` is one script that visits the tasks whose entry has passed, handles their due
+rows in due order, sets each visited task's entry to its true earliest due time, then issues
+every queue's lost and owed tickets. A bounded sweep drops entries of expired tasks and
+repairs entries (a safety net: no writer leaves one too high).
 """
 
 from __future__ import annotations
@@ -21,58 +22,18 @@ SWEEP_BATCH = 200  # tasks looked at per sweep
 
 class DueIndex(RedisBase):
     def claim_due(self, now: float, limit: int = 1000) -> list[Dispatch]:
+        """One script: every due row of the tasks the index names (in due order over all
+        of them, as RowStore), then every queue's lost and owed tickets."""
+        res = self._qcall("claim", "", now, [max(int(limit), 0), self._lost_message])
         out: list[Dispatch] = []
-        if limit > 0:
-            with self._errors():
-                tids = _s(self.r.zrangebyscore(self._k_due, "-inf", repr(now), start=0, num=limit))
-            remaining = limit
-            fix: list[tuple[str, str | None]] = []
-            for tid in tids:
-                if remaining <= 0:
-                    break
-                res = self._call("claim", tid, [repr(now), repr(self.lease), remaining, self._lost_message])
-                if res[0] == "gone":
-                    fix.append((tid, None))
-                    continue
-                queue, processed, nxt = res[1], int(res[2]), res[3]
-                remaining -= processed
-                out.extend(Dispatch(tid, queue, (ref,)) for ref in res[4:])
-                fix.append((tid, nxt or None))
-            self._fix_due_index(fix)
+        i = 0
+        while i < len(res):
+            tid, queue, ref, n = res[i], res[i + 1], res[i + 2], int(res[i + 3])
+            tickets = tuple(int(t) for t in res[i + 4 : i + 4 + n])
+            out.append(Dispatch(tid, queue, (ref,) if ref else (), tickets))
+            i += 4 + n
         self._maybe_sweep()
         return out
-
-    def _fix_due_index(self, fix: list[tuple[str, str | None]]) -> None:
-        """Raise each visited task's entry to its true earliest due (or drop it), then read
-        the task's due set again: a due time added meanwhile, whose writer lowered the
-        entry before our raise, is put back. Any due added after that re-read comes with
-        its writer's own ``ZADD LT``."""
-        if not fix:
-            return
-
-        def build(pipe: Any) -> None:
-            for tid, nxt in fix:
-                if nxt is None:
-                    pipe.zrem(self._k_due, tid)
-                else:
-                    pipe.zadd(self._k_due, {tid: nxt})
-            for tid, _ in fix:
-                pipe.zrange(self.keys(tid)[6], 0, 0, withscores=True)
-
-        res = self._pipe(build)
-        lower = []
-        for (tid, nxt), cur in zip(fix, res[len(fix) :], strict=True):
-            if cur:
-                score = float(cur[0][1])
-                if nxt is None or score < float(nxt):
-                    lower.append((tid, score))
-        if lower:
-
-            def build2(pipe: Any) -> None:
-                for tid, score in lower:
-                    pipe.zadd(self._k_due, {tid: repr(score)}, lt=True)
-
-            self._pipe(build2)
 
     def _maybe_sweep(self) -> None:
         """Bounded background repair: a slice of the task index per pass puts every task's

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from ..fairshare import GroupRow, QueueRow
 from ..model import Failure, Progress, Rejected, TaskOptions, TaskState
 from .base import RedisBase, _s
 
@@ -149,3 +150,39 @@ class RedisReads(RedisBase):
                 n = self.r.memory_usage(k, samples=0)
                 total += int(n or 0)
         return total
+
+    def queue_state(self, queue: str) -> QueueRow | None:
+        """The scheduling state of ``queue`` as a :class:`~multistep_core.fairshare.QueueRow`
+        (for inspection and tests), or None if the queue has none."""
+        kq, kt, kr, kg = self.queue_keys(queue)
+        with self._errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hgetall(kq)
+            pipe.zrange(kt, 0, -1, withscores=True)
+            pipe.hgetall(kr)
+            pipe.zrange(kg, 0, -1)
+            head, tickets, resends, _ = pipe.execute()
+            if not head:
+                return None
+            base = f"{self.prefix}:{{{queue}}}:"
+            names = sorted(_s(k) for k in self.r.smembers(f"{base}q-gall"))
+            pipe = self.r.pipeline(transaction=True)
+            for key in names:
+                pipe.hgetall(f"{base}q-g:{key}")
+                pipe.zrange(f"{base}q-gt:{key}", 0, -1, withscores=True)
+            got = pipe.execute()
+        h = {_s(k): _s(v) for k, v in head.items()}
+        rs = {int(_s(k)): int(_s(v)) for k, v in resends.items()}
+        groups: dict[str, GroupRow] = {}
+        for i, key in enumerate(names):
+            g = {_s(k): _s(v) for k, v in got[2 * i].items()}
+            if not g:
+                continue
+            groups[key] = GroupRow(vt=float(g["vt"]), clock=float(g["clock"]), running=int(g["running"]),
+                                   weight=float(g["weight"]), limit=int(g["limit"]),
+                                   tasks={_s(t): float(sc) for t, sc in got[2 * i + 1]})
+        return QueueRow(
+            name=queue, seq=int(h["seq"]), clock=float(h["clock"]), waiting=int(h["waiting"]),
+            parked=int(h["parked"]), tickets={int(_s(t)): (float(sc), rs.get(int(_s(t)), 0)) for t, sc in tickets},
+            groups=groups,
+        )

@@ -1,7 +1,8 @@
 """Loading the store's Lua scripts (``lua/*.lua``, shipped as package data).
 
-A *task script* is ``lib.lua`` followed by its own file and works on the seven keys of one
-task; a *plain script* is its file alone. Scripts run by SHA (``EVALSHA``) and are loaded
+A *store script* is ``lib.lua``, ``fair.lua`` and ``flow.lua`` followed by its own file: a
+*task script* starts from one task's keys, a *queue script* from one queue's (it may visit
+several tasks); a *plain script* is its file alone. Scripts run by SHA (``EVALSHA``) and are loaded
 again once if Redis forgot them (a restart, ``SCRIPT FLUSH``). A Redis error inside a script
 names a line of the text Redis ran; :func:`explain` maps it back to the file and line.
 """
@@ -14,7 +15,10 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-TASK_SCRIPTS = ("create", "add", "seal", "start", "guard", "finish", "cancel", "retry", "claim")
+TASK_SCRIPTS = ("create", "add", "seal", "start", "finish", "take_next", "cancel", "retry", "delete")
+QUEUE_SCRIPTS = ("take", "release", "claim")
+STORE_SCRIPTS = (*TASK_SCRIPTS, *QUEUE_SCRIPTS)
+COMMON = ("lib", "fair", "flow")  # prepended to every store script, in this order
 PLAIN_SCRIPTS = ("renew", "job_states", "failures", "zrem_if")
 
 
@@ -27,8 +31,8 @@ def lua_file(name: str) -> str:
 @cache
 def source(name: str) -> str:
     """The text Redis runs for script ``name``."""
-    if name in TASK_SCRIPTS:
-        return lua_file("lib") + lua_file(name)
+    if name in STORE_SCRIPTS:
+        return "".join(lua_file(c) for c in COMMON) + lua_file(name)
     return lua_file(name)
 
 
@@ -45,12 +49,15 @@ def explain(message: str) -> str:
     if not m:
         return message
     line = int(m.group(1))
-    lib_lines = lua_file("lib").count("\n")
-    for name in (*TASK_SCRIPTS, *PLAIN_SCRIPTS):
+    for name in (*STORE_SCRIPTS, *PLAIN_SCRIPTS):
         if sha1(source(name)) in message or f"f_{sha1(source(name))}" in message:
-            if name in TASK_SCRIPTS and line > lib_lines:
-                return f"{message} (at {name}.lua:{line - lib_lines})"
-            return f"{message} (at {'lib' if name in TASK_SCRIPTS else name}.lua:{line})"
+            if name in STORE_SCRIPTS:
+                for part in COMMON:
+                    n = lua_file(part).count("\n")
+                    if line <= n:
+                        return f"{message} (at {part}.lua:{line})"
+                    line -= n
+            return f"{message} (at {name}.lua:{line})"
     return message
 
 
@@ -58,7 +65,7 @@ class Scripts:
     """The store's scripts on one client: ``sha[name]``, loaded with :meth:`load`."""
 
     def __init__(self) -> None:
-        self.sha: dict[str, str] = {name: sha1(source(name)) for name in (*TASK_SCRIPTS, *PLAIN_SCRIPTS)}
+        self.sha: dict[str, str] = {name: sha1(source(name)) for name in (*STORE_SCRIPTS, *PLAIN_SCRIPTS)}
 
     def load(self, client: Any) -> None:
         pipe = client.pipeline(transaction=False)

@@ -1,34 +1,87 @@
--- lib.lua: the common part of every task script, a port of RowStore's helpers
--- (multistep_core/store.py). Each task script is this file followed by its own body,
--- sent as one script (Redis reports line numbers of the concatenation; the store maps them
--- back to the file and line in its error messages).
+-- lib.lua: the common part of every store script, a port of RowStore's helpers
+-- (multistep_core/store.py). Each script is lib.lua, fair.lua and flow.lua followed by its
+-- own body, sent as one script (Redis reports line numbers of the concatenation; the store
+-- maps them back to the file and line in its error messages).
 --
--- KEYS (all of one task T, hash tag {T}, so one script touches one cluster slot):
---   1 meta  hash   state, counters, timestamps, options
---   2 spec  hash   ref -> spec JSON (jobs not yet succeeded, finalizers, callback)
---   3 rows  hash   ref -> "<state>,<attempt>,<fails>,<lost>" (absent = pending/0/0/0)
---   4 done  bitmap bit i set <=> job j<i> succeeded
---   5 err   hash   ref -> failure JSON of rows that failed for good
---   6 res   hash   ref -> result JSON (tasks that keep results)
---   7 due   zset   ref -> due time (lease expiry, retry time, follow-up grace)
--- ARGV[1] now, ARGV[2] lease; the rest belongs to the script.
+-- ARGV[1] now, ARGV[2] lease, ARGV[3] key prefix, ARGV[4] ticket window, ARGV[5] the task id
+-- (task scripts) or the queue name (queue scripts); the rest belongs to the script.
+-- KEYS: every key the script is known to touch before it runs (a task script: the task's
+-- eight keys, then the global due index and queue set); keys of other tasks and of queue
+-- groups are named from the prefix (one Redis server; see docs/redis.md).
+--
+-- Per task T (hash tag {T}):
+--   meta  hash   state, counters, timestamps, options; next (next job index), batch
+--                (per_message), vt (virtual time, kept while the task is out of line)
+--   spec  hash   ref -> spec JSON (jobs not yet succeeded, finalizers, callback)
+--   rows  hash   ref -> "<state>,<attempt>,<fails>,<lost>" (absent = pending/0/0/0)
+--   done  bitmap bit i set <=> job j<i> succeeded
+--   err   hash   ref -> failure JSON of rows that failed for good
+--   res   hash   ref -> result JSON (tasks that keep results)
+--   due   zset   ref -> due time (lease expiry, retry time, follow-up grace)
+--   line  list   refs back in line for a ticket (RowStore's TaskRow.requeue)
 --
 -- Floats cross the boundary as strings: `now` is stored exactly as Python's repr sent
--- it, computed times are written with %.17g (exact round trip), never through Lua's
+-- it, computed values are written with %.17g (exact round trip), never through Lua's
 -- 14-digit tostring.
-local KM, KS, KR, KD, KE, KRES, KDUE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local ALLK = {KM, KS, KR, KD, KE, KRES, KDUE}
 local NOW_S = ARGV[1]
 local NOW = tonumber(NOW_S)
 local LEASE = tonumber(ARGV[2])
+local PFX = ARGV[3]
+local WINDOW = tonumber(ARGV[4])
+local TICKET_TIMEOUT = LEASE * 2.0  -- fairshare.TICKET_TIMEOUT_LEASES
+local MAX_TICKET_BACKOFF = 64
+local KDUEIDX = PFX .. ':due-tasks'
+local KQUEUES = PFX .. ':queues'
 local function fmt(x) return string.format('%.17g', x) end
+local function fmti(x) return string.format('%d', x) end
+-- byte order (Python's order of str): Lua's < on strings follows the server's locale
+local function bytes_less(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 
-local NUMF = {total=1, running=1, succeeded=1, failed=1, fin_total=1, fin_done=1, sealed=1, has_cb=1}
+local TASK_SUFFIXES = {'meta', 'spec', 'rows', 'done', 'err', 'res', 'due', 'line'}
+local function task_keys(tid)
+  local base = PFX .. ':{' .. tid .. '}:'
+  local ks = {}
+  for i, s in ipairs(TASK_SUFFIXES) do ks[i] = base .. s end
+  return ks
+end
+
+local NUMF = {total=1, running=1, succeeded=1, failed=1, fin_total=1, fin_done=1, sealed=1, has_cb=1,
+  next=1, batch=1, vt=1, weight=1, maxc=1, gmaxc=1}
+
+-- the task a script works on; bind() switches between tasks (take and claim visit several)
+local TID, KM, KS, KR, KD, KE, KRES, KDUE, KLINE, ALLK
 local T = nil
 local TC = {}
+local R = {}
 local FINISHED = false
+local CUR = nil
+local CTXS = {}
+local CTX_ORDER = {}
+
+local function bind(tid)
+  if CUR then CUR.T, CUR.TC, CUR.R, CUR.FIN = T, TC, R, FINISHED end
+  local c = CTXS[tid]
+  if not c then
+    c = {tid = tid, keys = task_keys(tid), T = nil, TC = {}, R = {}, FIN = false}
+    CTXS[tid] = c
+    CTX_ORDER[#CTX_ORDER + 1] = tid
+  end
+  CUR = c
+  TID = tid
+  ALLK = c.keys
+  KM, KS, KR, KD, KE, KRES, KDUE, KLINE = ALLK[1], ALLK[2], ALLK[3], ALLK[4], ALLK[5], ALLK[6], ALLK[7], ALLK[8]
+  T, TC, R, FINISHED = c.T, c.TC, c.R, c.FIN
+end
 
 local function load_task()
+  if T ~= nil then return T end
   local flat = redis.call('HGETALL', KM)
   if #flat == 0 then return nil end
   local t = {}
@@ -87,8 +140,6 @@ local function persist_all()
 end
 
 -- rows ----------------------------------------------------------------------------------
-local R = {}
-
 local function parse_row(v)
   if not v then return {st = 'p', a = 0, f = 0, l = 0} end
   local st, a, f, l = string.match(v, '^(%a),(%d+),(%d+),(%d+)$')
@@ -126,7 +177,11 @@ local function put_row(ref, r)
   end
 end
 
-local function set_due(ref, t) redis.call('ZADD', KDUE, fmt(t), ref) end
+-- a due time also lowers the task's entry in the global due index (a lower bound)
+local function set_due(ref, t)
+  redis.call('ZADD', KDUE, fmt(t), ref)
+  redis.call('ZADD', KDUEIDX, 'LT', fmt(t), TID)
+end
 local function clear_due(ref) redis.call('ZREM', KDUE, ref) end
 
 local function split_ref(ref) return string.sub(ref, 1, 1), tonumber(string.sub(ref, 2)) end
@@ -152,123 +207,4 @@ local function spec_fn(ref)
   local d = spec_table(ref)
   if d == nil or type(d['fn']) ~= 'string' then return '?' end
   return d['fn']
-end
-
--- RowStore's lifecycle helpers ------------------------------------------------------------
-local function finish_task(state)
-  tset('state', state)
-  tset('finished_at', NOW_S)
-  tset('expires_at', fmt(NOW + tonumber(T.retention)))
-  FINISHED = true
-end
-
-local function follow(ref)
-  local kind, idx = split_ref(ref)
-  local r = get_row(kind, idx, ref)
-  if not r then return nil end
-  r.st = 'p'
-  put_row(ref, r)
-  set_due(ref, NOW + LEASE)
-  return ref
-end
-
-local function fail()
-  finish_task('failed')
-  if T.has_cb == 1 then
-    local cb = get_row('x', 0, 'x0')
-    if cb then
-      cb.f = 0
-      cb.l = 0
-      redis.call('HDEL', KE, 'x0')
-      put_row('x0', cb)
-      return follow('x0')
-    end
-  end
-  return nil
-end
-
-local function advance()
-  if T.state ~= 'running' or T.succeeded + T.failed < T.total then return nil end
-  if T.policy == 'fail' and T.failed > 0 then return fail() end
-  if T.fin_done < T.fin_total then
-    tset('state', 'finalizing')
-    return follow('f' .. string.format('%d', T.fin_done))
-  end
-  finish_task('succeeded')
-  return nil
-end
-
-local function ended_for_good(kind)
-  if kind == 'j' then
-    tset('failed', T.failed + 1)
-    if (T.state == 'open' or T.state == 'running') and T.policy == 'fail_fast' then return fail() end
-    return advance()
-  end
-  if kind == 'f' and T.state == 'finalizing' then return fail() end
-  return nil
-end
-
-local function backoff_for(n)
-  local b = tonumber(T.backoff)
-  if b <= 0 then return 0.0 end
-  local k = n - 1
-  if k < 0 then k = 0 end
-  local v = b * (2 ^ k)
-  local m = tonumber(T.backoff_max)
-  if m < v then return m end
-  return v
-end
-
--- errjson nil: success (result kept when has_result and the task keeps results)
-local function record(r, kind, idx, ref, has_result, result, errjson, errtype)
-  if errjson == nil then
-    if kind == 'j' then
-      redis.call('SETBIT', KD, idx, 1)
-      redis.call('HDEL', KS, ref)
-      redis.call('HDEL', KR, ref)
-      redis.call('HDEL', KE, ref)
-      clear_due(ref)
-      if has_result and T.keep == '1' then redis.call('HSET', KRES, ref, result) end
-      R[ref] = {st = 's', a = r.a, f = r.f, l = r.l}
-      tset('succeeded', T.succeeded + 1)
-      return advance()
-    end
-    r.st = 's'
-    clear_due(ref)
-    redis.call('HDEL', KE, ref)
-    put_row(ref, r)
-    if kind == 'f' and T.state == 'finalizing' and idx == T.fin_done then
-      tset('fin_done', T.fin_done + 1)
-      if T.fin_done < T.fin_total then return follow('f' .. string.format('%d', T.fin_done)) end
-      finish_task('succeeded')
-    end
-    return nil
-  end
-  local lost = (errtype == 'WorkerLost')
-  if not lost then r.f = r.f + 1 end
-  local retries = spec_retries(ref)
-  if retries == nil then retries = tonumber(T.max_retries) end
-  local lost_out = lost and r.l > tonumber(T.max_lost)
-  if (not lost_out) and (not lost) and r.f <= retries then
-    local delay = backoff_for(r.f)
-    r.st = 'w'
-    put_row(ref, r)
-    set_due(ref, NOW + delay)
-    if delay <= 0 then return follow(ref) end
-    return nil
-  end
-  if lost and not lost_out then
-    put_row(ref, r)
-    return follow(ref)
-  end
-  r.st = 'f'
-  clear_due(ref)
-  put_row(ref, r)
-  redis.call('HSET', KE, ref, errjson)
-  return ended_for_good(kind)
-end
-
-local function out(d)
-  if d then return {'ok', T.queue, d} end
-  return {'ok', T.queue}
 end
