@@ -110,7 +110,7 @@ def _end_slot(store: RowStore, tx: Txn, qs: _Queues, child: TaskRow, now: float)
     d = NOTHING
     if child.state == TaskState.SUCCEEDED or on_failure == OnFailure.IGNORE:
         slot.state = JobState.SUCCEEDED
-        slot.error = None if child.state == TaskState.SUCCEEDED else _failure(child, slot, now).to_dict()
+        slot.error = None
         tx.put_job(parent.id, slot)
         parent.succeeded += 1
         d = store._advance(tx, qs, parent, now)
@@ -134,8 +134,7 @@ def _failure(child: TaskRow, slot: JobRow, now: float) -> Failure:
     if child.state == TaskState.CANCELLED:
         kind, why = "SubtaskCancelled", f"subtask {child.id!r} was cancelled by {child.cancelled_by}"
     else:
-        kind, why = "SubtaskFailed", f"subtask {child.id!r} failed ({child.failed} of {child.total} steps failed"
-        why += ")" if child.fin_done >= child.fin_total or child.failed else ", then a finalizer failed)"
+        kind, why = "SubtaskFailed", f"subtask {child.id!r} failed ({child.failed} of {child.total} steps failed)"
     return Failure(ref=slot.ref, fn=f"subtask:{child.id}", type=kind, message=why, attempt=slot.attempt, at=now)
 
 
@@ -160,7 +159,7 @@ def retry_slots(
     since (retried on its own) counts as succeeded now. Returns (steps resumed, dispatches)."""
     again = 0
     out: list[Dispatch] = []
-    for slot in slots:
+    for slot in sorted(slots, key=lambda r: int(r.ref[1:])):
         if slot.state != JobState.FAILED:
             continue
         child_id, on_failure = slot_of(slot.spec)
