@@ -934,7 +934,7 @@ class RowStore(Store):
                 if d:
                     out.append(d)
             if qs.ended:  # a job failed for good ended its task: end its step in the parent
-                out.append(nesting.settle(self, tx, qs, TaskRow(id="", options=TaskOptions()), NOTHING, now))
+                out.extend(nesting.settle(self, tx, qs, TaskRow(id="", options=TaskOptions()), NOTHING, now).also)
             for name in sorted(set(tx.queues()) | set(qs.rows)):
                 q = qs(name)
                 tickets = q.expired_tickets(now, self.ticket_timeout) + q.top_up(self.window, now)

@@ -38,6 +38,7 @@ def _progress(tid: str, m: dict[str, str]) -> Progress:
         cancelled_by=m.get("cancelled_by"),
         cancelled_at=_f(m.get("cancelled_at")),
         options=TaskOptions.from_dict(json.loads(m["opts"])),
+        parent=m.get("parent") or None,
     )
 
 
@@ -63,9 +64,13 @@ class RedisReads(RedisBase):
         return out
 
     def results(self, task_id: str) -> dict[str, Any]:
+        from .nested import child_results
+
         with self._errors():
             m = self.r.hgetall(self.keys(task_id)[5])
-        return {_s(k): json.loads(_s(v)) for k, v in m.items()}
+        out = {_s(k): json.loads(_s(v)) for k, v in m.items()}
+        out.update(child_results(self, task_id))
+        return out
 
     def list_tasks(self, state: TaskState | None = None, limit: int = 1000) -> list[Progress]:
         out: list[Progress] = []
