@@ -709,6 +709,8 @@ class RowStore(Store):
             row = tx.get_job(task_id, ref)
             if row is None or row.state != JobState.RUNNING or row.attempt != attempt:
                 return False
+            if nesting.is_slot(row.spec):
+                return False  # a subtask's step holds no lease
             row.due_at = now + self.lease
             tx.put_job(task_id, row)
             return True
@@ -744,6 +746,8 @@ class RowStore(Store):
             return NOTHING  # gone, or a duplicate: counted once already
         if error is not None and (row.state != JobState.RUNNING or row.attempt != attempt):
             return NOTHING  # a stale attempt's failure; the current attempt decides
+        if kind == JOB and nesting.is_slot(row.spec):
+            return NOTHING  # a subtask's step ends only with the subtask (nesting.settle)
         if kind == FINALIZER and (task.state != TaskState.FINALIZING or index != task.fin_done):
             return NOTHING  # a finalizer's outcome counts only in its turn
         if kind == CALLBACK and task.state != TaskState.FAILED:

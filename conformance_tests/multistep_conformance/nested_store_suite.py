@@ -114,3 +114,14 @@ class NestedStoreTests:
         assert store.cancel(parent, "nested store suite", time.time()) is True
         assert store.progress(kids[1]).state == TaskState.CANCELLED  # type: ignore[union-attr]
         assert store.progress(kids[0]).state == TaskState.SUCCEEDED  # type: ignore[union-attr]
+
+    def test_a_forged_finish_or_renew_of_the_slot_changes_nothing(self, store: Store) -> None:
+        parent, (child,) = self._tree(store, jobs=0, fins=0)
+        for attempt in (0, 1, 2):
+            assert store.renew(parent, "j0", attempt, time.time()) is False
+            assert not store.finish(parent, "j0", attempt, time.time())
+            assert not store.finish(parent, "j0", attempt, time.time(), result="1")
+        p = store.progress(parent)
+        assert p is not None and (p.state, p.running, p.succeeded) == (TaskState.RUNNING, 1, 0)
+        assert store.job_states(parent)["j0"] == "running"
+        assert store.progress(child).state == TaskState.RUNNING  # type: ignore[union-attr]
