@@ -202,7 +202,8 @@ def child_results(store: RowStore, tx: Txn, rows: list[JobRow]) -> Iterator[tupl
     for r in rows:
         if is_slot(r.spec):
             child_id, _ = slot_of(r.spec)
-            yield r.ref, results_in(store, tx, child_id)
+            if tx.get_task(child_id) is not None:  # (a subtask deleted after it ended has none)
+                yield r.ref, results_in(store, tx, child_id)
 
 
 def results_in(store: RowStore, tx: Txn, task_id: str) -> dict[str, Any]:
