@@ -197,19 +197,23 @@ def delete_tree(tx: Txn, task_id: str) -> bool:
 
 
 # -- reading ---------------------------------------------------------------------------
-def child_results(store: RowStore, tx: Txn, rows: list[JobRow]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(slot ref, child's results)`` for each succeeded slot among ``rows``."""
+def child_results(
+    store: RowStore, tx: Txn, task_id: str, rows: list[JobRow]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(slot ref, child's results)`` for each succeeded slot among ``rows`` whose child is still
+    there (a subtask deleted after it ended, or an id since reused by another task, has none)."""
     for r in rows:
         if is_slot(r.spec):
             child_id, _ = slot_of(r.spec)
-            if tx.get_task(child_id) is not None:  # (a subtask deleted after it ended has none)
+            child = tx.get_task(child_id)
+            if child is not None and child.parent == task_id:
                 yield r.ref, results_in(store, tx, child_id)
 
 
 def results_in(store: RowStore, tx: Txn, task_id: str) -> dict[str, Any]:
     rows = tx.jobs(task_id, [JobState.SUCCEEDED])
     out: dict[str, Any] = {r.ref: json.loads(r.result) for r in rows if r.result is not None and r.ref[0] == JOB}
-    out.update(child_results(store, tx, rows))
+    out.update(child_results(store, tx, task_id, rows))
     return out
 
 
@@ -277,8 +281,8 @@ def tree_in(tx: Txn, task_id: str, ref: str = "", on_failure: str = "", step: st
     kids = []
     for child_id in row.children:
         child = tx.get_task(child_id)
-        if child is None:
-            continue
+        if child is None or child.parent != task_id:
+            continue  # deleted, or the id reused by another task
         slot = tx.get_job(task_id, child.parent_ref)
         if slot is None:
             continue
