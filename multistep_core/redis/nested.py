@@ -57,8 +57,8 @@ def child_results(store: RedisReads, task_id: str) -> dict[str, Any]:
     states = store.job_states(task_id)
     for cid in ids:
         m = store._meta(cid)
-        if m is None:
-            continue
+        if m is None or m.get("parent") != task_id:
+            continue  # deleted, or the id reused by another task
         ref = m.get("pref", "")
         if states.get(ref) == "succeeded":
             out[ref] = store.results(cid)
@@ -79,8 +79,8 @@ def tree(store: RedisReads, task_id: str, ref: str = "", on_failure: str = "", s
                  for k, v in specs.items()}
         for cid in ids:
             m = store._meta(cid)
-            if m is None:
-                continue
+            if m is None or m.get("parent") != task_id:
+                continue  # deleted, or the id reused by another task
             cref = m.get("pref", "")
             mode = slot_of(specs[cref])[1].value if cref in specs else "fail"
             node = tree(store, cid, cref, mode, states.get(cref, ""))
