@@ -55,7 +55,7 @@ def child_results(store: RedisReads, task_id: str) -> dict[str, Any]:
     if not ids:
         return out
     states = store.job_states(task_id)
-    for cid in ids:
+    for cid in dict.fromkeys(ids):  # (an id deleted and added again is listed twice)
         m = store._meta(cid)
         if m is None or m.get("parent") != task_id:
             continue  # deleted, or the id reused by another task
@@ -77,7 +77,7 @@ def tree(store: RedisReads, task_id: str, ref: str = "", on_failure: str = "", s
             specs = store.r.hgetall(store.keys(task_id)[1])
         specs = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                  for k, v in specs.items()}
-        for cid in ids:
+        for cid in dict.fromkeys(ids):
             m = store._meta(cid)
             if m is None or m.get("parent") != task_id:
                 continue  # deleted, or the id reused by another task
