@@ -206,7 +206,7 @@ def child_results(
         if is_slot(r.spec):
             child_id, _ = slot_of(r.spec)
             child = tx.get_task(child_id)
-            if child is not None and child.parent == task_id:
+            if child is not None and child.parent == task_id and child.parent_ref == r.ref:
                 yield r.ref, results_in(store, tx, child_id)
 
 
@@ -279,7 +279,7 @@ def tree_in(tx: Txn, task_id: str, ref: str = "", on_failure: str = "", step: st
     if row is None:
         return None
     kids = []
-    for child_id in row.children:
+    for child_id in dict.fromkeys(row.children):  # (an id deleted and added again is listed twice)
         child = tx.get_task(child_id)
         if child is None or child.parent != task_id:
             continue  # deleted, or the id reused by another task
