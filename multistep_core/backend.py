@@ -166,8 +166,12 @@ class Backend:
         """A handle without a store read (the runner's, for ``current_task()``)."""
         return Task(self, task_id, queue)
 
-    def list_tasks(self, state: TaskState | str | None = None, limit: int = 1000) -> list[Progress]:
-        return self.store.list_tasks(TaskState(state) if state is not None else None, limit)
+    def list_tasks(
+        self, state: TaskState | str | None = None, limit: int = 1000, *, top_level: bool = False
+    ) -> list[Progress]:
+        """Tasks, newest first (``top_level``: only those that are no other task's subtask)."""
+        rows = self.store.list_tasks(TaskState(state) if state is not None else None, limit)
+        return [p for p in rows if p.parent is None] if top_level else rows
 
     def rejected(self, limit: int = 100) -> list[Rejected]:
         """Messages workers refused (forged, malformed, or for tasks that no longer exist)."""
@@ -176,11 +180,10 @@ class Backend:
     # -- plumbing --------------------------------------------------------------------
     def dispatch(self, d: Dispatch) -> None:
         """Enqueue the messages a transition asked for (tickets and follow-up refs)."""
-        if not d:
-            return
-        msgs = d.messages(observe.trace_members(d.task_id, self) if d.refs else "")
-        for i in range(0, len(msgs), ADD_CHUNK):
-            self.queue.enqueue(d.queue, msgs[i : i + ADD_CHUNK])
+        for part in d.parts():
+            msgs = part.messages(observe.trace_members(part.task_id, self) if part.refs else "")
+            for i in range(0, len(msgs), ADD_CHUNK):
+                self.queue.enqueue(part.queue, msgs[i : i + ADD_CHUNK])
 
     def recover(self, now: float | None = None) -> int:
         """One recovery pass: resend what is due. Returns how many messages were sent."""
@@ -188,7 +191,7 @@ class Backend:
         for d in self.store.claim_due(time.time() if now is None else now):
             self.dispatch(d)
             observe.recovered(self, d)
-            sent += len(d.refs) + len(d.tickets)
+            sent += sum(len(p.refs) + len(p.tickets) for p in d.parts())
         return sent
 
     def run_worker(self, modules: Sequence[str] = (), queues: Sequence[str] = ("default",), concurrency: int = 2) -> int:
@@ -314,6 +317,27 @@ class Task:
                 observe.sent(self.backend, self.id, self.queue, refs)
         return refs
 
+    def add_subtask(self, child_id: str | None = None, **options: Any) -> Task:
+        """Create a child task that is one step of this one (docs/nested.md): its whole life,
+        jobs then finalizers, counts as one job here, exactly once. Use it as a context manager,
+        like :meth:`Backend.create_task` (sealed on a clean exit, cancelled if the block raises).
+        Takes the options of ``create_task`` (``queue``, ``group``, ``weight`` and
+        ``group_max_concurrency`` default to this task's) and ``parent_on_failure``: what the
+        child's failure or cancellation does here: ``"fail"`` (default: a failed step, this task's
+        policy decides), ``"ignore"`` (counts as succeeded) or ``"continue"`` (a failed step that
+        never fails this task; its finalizers run and see it in ``failures()``). Also from a
+        running job: ``current_task().add_subtask(...)``."""
+        from .nested import add_subtask
+
+        return add_subtask(self, child_id, **options)
+
+    def tree(self) -> Any:
+        """This task and its subtasks to any depth, read in one store call
+        (a :class:`~multistep_core.nesting.TaskTree`)."""
+        from .nested import tree
+
+        return tree(self)
+
     def seal(self) -> None:
         """No more jobs from outside: finalization may start once every job has ended.
         (Jobs of the task may still add jobs while it is running.)"""
@@ -333,7 +357,13 @@ class Task:
             self.cancel(by=f"{_who()} (the block creating the task raised {exc_type.__name__}: {exc})")
 
     # -- reading ---------------------------------------------------------------------
-    def progress(self) -> Progress:
+    def progress(self, deep: bool = False) -> Progress:
+        """A snapshot of the task: its direct steps (a subtask counts as one), or with ``deep``
+        the whole tree rolled up (every job of every subtask, every finalizer)."""
+        if deep:
+            from .nested import deep_progress
+
+            return deep_progress(self)
         p = self.backend.store.progress(self.id)
         if p is None:
             raise TaskNotFound(f"no task with id {self.id!r}")
@@ -350,7 +380,8 @@ class Task:
         return self.backend.store.failures(self.id)
 
     def results(self) -> dict[str, Any]:
-        """``{ref: return value}`` of succeeded jobs, when the task keeps results."""
+        """``{ref: return value}`` of succeeded jobs, when the task keeps results; a succeeded
+        subtask's ref maps to that subtask's own ``results()``."""
         return self.backend.store.results(self.id)
 
     def wait(self, timeout: float | None = None, *, poll: float = 0.02, raise_on_failure: bool = False) -> Progress:
@@ -387,7 +418,8 @@ class Task:
     def cancel(self, by: str | None = None) -> bool:
         """Stop the task. Jobs not yet started are skipped; no finalizer starts. Returns
         False if the task had already succeeded or been cancelled."""
-        done = self.backend.store.cancel(self.id, by or _who(), time.time())
+        done, d = self.backend.store.cancel_and_dispatch(self.id, by or _who(), time.time())
+        self.backend.dispatch(d)  # a cancelled subtask may let its parent finalize
         observe.cancelled(self.backend, self.id, done)
         return done
 

@@ -252,6 +252,7 @@ class Progress:
     cancelled_by: str | None = None
     cancelled_at: float | None = None
     options: TaskOptions = field(default_factory=TaskOptions)
+    parent: str | None = None  # the task this one is a step of (docs/nested.md), None at the top
 
     @property
     def done(self) -> int:
@@ -307,9 +308,17 @@ class Dispatch:
     queue: str = "default"
     refs: tuple[str, ...] = ()
     tickets: tuple[int, ...] = ()
+    also: tuple[Dispatch, ...] = ()  # of other tasks or queues (a child's end advanced its parent)
 
     def __bool__(self) -> bool:
-        return bool(self.refs or self.tickets)
+        return bool(self.refs or self.tickets or self.also)
+
+    def parts(self) -> list[Dispatch]:
+        """This dispatch and those in ``also``, each of one task and one queue (empty ones left out)."""
+        out = [self] if self.refs or self.tickets else []
+        for d in self.also:
+            out.extend(d.parts())
+        return out
 
     def messages(self, trace: str = "") -> list[str]:
         """The message bodies to enqueue on ``queue``, tickets first. ``trace``: optional members

@@ -267,15 +267,19 @@ class Runner:
 
     def dispatch(self, d: Dispatch) -> None:
         pending = getattr(self._local, "pending", None)
-        if (
-            pending is not None
-            and self.inline_followups
-            and len(d.refs) == 1
-            and d.refs[0][:1] in (FINALIZER, CALLBACK)
-        ):
-            pending.append((d.task_id, d.refs[0], observe.inline_message(d.task_id, d.refs[0])))
-            return
-        self.backend.dispatch(d)
+        for part in d.parts():  # a child's end may also advance its parent (docs/nested.md)
+            if (
+                pending is not None
+                and self.inline_followups
+                and len(part.refs) == 1
+                and part.refs[0][:1] in (FINALIZER, CALLBACK)
+                and part.queue == d.queue  # run inline only what this worker's queue would bring
+            ):
+                pending.append((part.task_id, part.refs[0], observe.inline_message(part.task_id, part.refs[0])))
+                if part.tickets:  # the tickets the same transition issued still go out now
+                    self.backend.dispatch(Dispatch(part.task_id, part.queue, (), part.tickets))
+                continue
+            self.backend.dispatch(part)
 
 
 class Recovery:

@@ -23,11 +23,12 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
+from . import nesting
 from .errors import InvalidJob, InvalidTransition, TaskExists, TaskNotFound
-from .fairshare import DEFAULT_WINDOW, TICKET_TIMEOUT_LEASES, QueueRow, solo_group
+from .fairshare import DEFAULT_WINDOW, TICKET_TIMEOUT_LEASES, QueueRow
 from .history import failure_history, retried_failure, retry_refused, with_history
 from .listing import JobDetail, TaskPage, TaskQuery, clip, page_of
 from .model import (
@@ -47,6 +48,8 @@ from .model import (
     parse_ref,
     retries_value,
 )
+from .rows import JobRow as JobRow
+from .rows import TaskRow as TaskRow
 
 DEFAULT_LEASE = 30.0
 DONE_JOB_STATES = (JobState.SUCCEEDED, JobState.FAILED)
@@ -139,6 +142,22 @@ class Store(ABC):
     def cancel(self, task_id: str, by: str, now: float) -> bool:
         """Cancel a task that has not succeeded. False if it was already over."""
 
+    def cancel_and_dispatch(self, task_id: str, by: str, now: float) -> tuple[bool, Dispatch]:
+        """:meth:`cancel`, and what it asks to send: cancelling a subtask ends its step in the
+        parent, which may start the parent's finalizers (docs/nested.md). A store that returns
+        nothing here leaves those to recovery (they are registered with a grace period)."""
+        return self.cancel(task_id, by, now), NOTHING
+
+    def add_subtask(self, parent_id: str, child_id: str, options: TaskOptions, on_failure: str, now: float) -> str:
+        """Create ``child_id`` as one step of ``parent_id`` (docs/nested.md); return that step's
+        ref in the parent. Raise :class:`InvalidTransition` once the parent has left running."""
+        raise NotImplementedError(f"{type(self).__name__} does not support nested tasks")
+
+    def tree(self, task_id: str) -> Any:
+        """The task and its subtasks, to any depth (a :class:`~multistep_core.nesting.TaskTree`),
+        or None if there is no such task."""
+        raise NotImplementedError(f"{type(self).__name__} does not support nested tasks")
+
     @abstractmethod
     def retry(self, task_id: str, now: float) -> Dispatch:
         """failed → running (or finalizing): reset the failed jobs and resend them."""
@@ -203,76 +222,6 @@ class SupportsWaitChanged(Protocol):
 # ---------------------------------------------------------------------------------------
 # RowStore: the reference logic over row primitives
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class TaskRow:
-    id: str
-    options: TaskOptions
-    state: TaskState = TaskState.OPEN
-    sealed: bool = False
-    total: int = 0
-    running: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    fin_total: int = 0
-    fin_done: int = 0
-    has_callback: bool = False
-    created_at: float = 0.0
-    sealed_at: float | None = None
-    finished_at: float | None = None
-    cancelled_by: str | None = None
-    cancelled_at: float | None = None
-    expires_at: float | None = None
-    # dispatch (docs/fairness.md): jobs j0..j<next_job-1> have been taken once; ``requeue``
-    # holds refs back in line (a lost lease, a retry); ``vt`` the task's virtual time
-    next_job: int = 0
-    requeue: list[str] = field(default_factory=list)
-    per_message: int = 1
-    vt: float = 0.0
-
-    @property
-    def waiting(self) -> int:
-        """Jobs waiting for a ticket."""
-        return self.total - self.next_job + len(self.requeue)
-
-    @property
-    def group_key(self) -> str:
-        return self.options.group or solo_group(self.id)
-
-    def progress(self) -> Progress:
-        return Progress(
-            task_id=self.id,
-            state=self.state,
-            total=self.total,
-            pending=self.total - self.running - self.succeeded - self.failed,
-            running=self.running,
-            succeeded=self.succeeded,
-            failed=self.failed,
-            finalizers_total=self.fin_total,
-            finalizers_done=self.fin_done,
-            created_at=self.created_at,
-            sealed_at=self.sealed_at,
-            finished_at=self.finished_at,
-            cancelled_by=self.cancelled_by,
-            cancelled_at=self.cancelled_at,
-            options=self.options,
-        )
-
-
-@dataclass
-class JobRow:
-    ref: str
-    spec: str
-    state: JobState = JobState.PENDING
-    attempt: int = 0  # deliveries started
-    fails: int = 0  # attempts that raised
-    lost: int = 0  # attempts whose worker vanished (lease expired)
-    due_at: float | None = None  # lease expiry, retry time, or follow-up grace
-    error: dict[str, Any] | None = None
-    result: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
 
 
 class Txn(ABC):
@@ -369,6 +318,7 @@ class _Queues:
     def __init__(self, tx: Txn) -> None:
         self.tx = tx
         self.rows: dict[str, QueueRow] = {}
+        self.ended: list[TaskRow] = []  # tasks that ended in this transaction (nesting.settle)
 
     def __call__(self, name: str) -> QueueRow:
         q = self.rows.get(name)
@@ -486,7 +436,8 @@ class RowStore(Store):
             self._unschedule(qs, task)
         task.state = state
         task.finished_at = now
-        task.expires_at = now + task.options.retention
+        task.expires_at = now + task.options.retention if task.parent is None else None  # a tree expires whole
+        qs.ended.append(task)
 
     def _follow(self, tx: Txn, qs: _Queues, task: TaskRow, ref: str, now: float) -> Dispatch:
         row = tx.get_job(task.id, ref)
@@ -517,7 +468,7 @@ class RowStore(Store):
     def _advance(self, tx: Txn, qs: _Queues, task: TaskRow, now: float) -> Dispatch:
         if task.state != TaskState.RUNNING or task.succeeded + task.failed < task.total:
             return NOTHING
-        if task.options.policy == Policy.FAIL and task.failed > 0:
+        if task.options.policy == Policy.FAIL and task.failed > task.tolerated:
             return self._fail(tx, qs, task, now)
         if task.fin_done < task.fin_total:
             # Every job has ended: what is left in line is stale (a job that succeeded after its
@@ -547,7 +498,7 @@ class RowStore(Store):
             old = tx.get_task(task_id)
             if old is not None:
                 if old.expires_at is not None and old.expires_at <= now:
-                    tx.delete_task(task_id)
+                    nesting.delete_tree(tx, task_id)
                 else:
                     raise TaskExists(f"a task with id {task_id!r} already exists ({old.state.value})")
             tx.put_task(TaskRow(id=task_id, options=options, created_at=now), new=True)
@@ -605,7 +556,7 @@ class RowStore(Store):
             task.state = TaskState.RUNNING
             d = self._advance(tx, qs, task, now)
             tx.put_task(task)
-            return d
+            return nesting.settle(self, tx, qs, task, d, now)
 
     def take(self, queue: str, ticket: int, now: float) -> Start:
         with self._txq() as (tx, qs):
@@ -713,6 +664,8 @@ class RowStore(Store):
             row = tx.get_job(task_id, ref)
             if row is None or row.state != JobState.RUNNING or row.attempt != attempt:
                 return False
+            if nesting.is_slot(row.spec):
+                return False  # a subtask's step holds no lease
             row.due_at = now + self.lease
             tx.put_job(task_id, row)
             return True
@@ -748,6 +701,8 @@ class RowStore(Store):
             return NOTHING  # gone, or a duplicate: counted once already
         if error is not None and (row.state != JobState.RUNNING or row.attempt != attempt):
             return NOTHING  # a stale attempt's failure; the current attempt decides
+        if kind == JOB and nesting.is_slot(row.spec):
+            return NOTHING  # a subtask's step ends only with the subtask (nesting.settle)
         if kind == FINALIZER and (task.state != TaskState.FINALIZING or index != task.fin_done):
             return NOTHING  # a finalizer's outcome counts only in its turn
         if kind == CALLBACK and task.state != TaskState.FAILED:
@@ -757,12 +712,13 @@ class RowStore(Store):
             unparked = self._job_ended(qs, task, now)
         d = self._record(tx, qs, task, row, kind, index, now, result, error)
         tx.put_task(task)
-        return self._merge(task, d, unparked + qs(task.options.queue).top_up(self.window, now))
+        d = self._merge(task, d, unparked + qs(task.options.queue).top_up(self.window, now))
+        return nesting.settle(self, tx, qs, task, d, now)
 
     def _merge(self, task: TaskRow, d: Dispatch, tickets: tuple[int, ...]) -> Dispatch:
         if not tickets:
             return d
-        return Dispatch(task.id, task.options.queue, d.refs, d.tickets + tickets)
+        return Dispatch(task.id, task.options.queue, d.refs, d.tickets + tickets, d.also)
 
     def _record(
         self,
@@ -817,61 +773,81 @@ class RowStore(Store):
         return self._ended_for_good(tx, qs, task, kind, now)
 
     def cancel(self, task_id: str, by: str, now: float) -> bool:
+        return self.cancel_and_dispatch(task_id, by, now)[0]
+
+    def cancel_and_dispatch(self, task_id: str, by: str, now: float) -> tuple[bool, Dispatch]:
         with self._txq() as (tx, qs):
             task = self._task(tx, task_id, now)
             if task.state in (TaskState.SUCCEEDED, TaskState.CANCELLED):
-                return False
+                return False, NOTHING
             self._finish_task(qs, task, TaskState.CANCELLED, now)
             task.cancelled_by = by
             task.cancelled_at = now
             tx.put_task(task)
-            return True
+            nesting.cancel_children(self, tx, qs, task, by, now)
+            return True, nesting.settle(self, tx, qs, task, NOTHING, now)
 
     def retry(self, task_id: str, now: float) -> Dispatch:
         with self._txq() as (tx, qs):
             task = self._task(tx, task_id, now)
             if task.state != TaskState.FAILED:
                 raise retry_refused(task_id, task.state.value)
-            task.finished_at = None
-            task.expires_at = None
-            refs: list[str] = []
-            again = 0
-            fin_failed = None
-            for row in tx.jobs(task_id, [JobState.FAILED, JobState.PENDING, JobState.RETRY_WAIT]):
-                kind, _ = parse_ref(row.ref)
-                if kind == CALLBACK:
-                    continue
-                if kind == FINALIZER:
-                    if row.state == JobState.FAILED:
-                        fin_failed = row
-                    continue
+            d = self._retry_row(tx, qs, task, now)
+            nesting.reopen_slot(tx, task)
+            return nesting.settle(self, tx, qs, task, d, now)
+
+    def _retry_row(self, tx: Txn, qs: _Queues, task: TaskRow, now: float) -> Dispatch:
+        """failed -> running inside a transaction (a failed parent also retries its failed children)."""
+        task_id = task.id
+        task.finished_at = None
+        task.expires_at = None
+        refs: list[str] = []
+        again = 0
+        fin_failed = None
+        slots: list[JobRow] = []
+        for row in tx.jobs(task_id, [JobState.FAILED, JobState.PENDING, JobState.RETRY_WAIT]):
+            kind, _ = parse_ref(row.ref)
+            if kind == CALLBACK:
+                continue
+            if kind == JOB and nesting.is_slot(row.spec):
+                slots.append(row)  # a failed subtask: retried below, never queued
+                continue
+            if kind == FINALIZER:
                 if row.state == JobState.FAILED:
-                    task.failed -= 1
-                row.error = retried_failure(row) if row.state == JobState.FAILED else failure_history(row.error)
-                row.state = JobState.PENDING
-                row.fails = row.lost = 0
-                row.finished_at = None
-                row.due_at = None
-                tx.put_job(task_id, row)
-                again += 1
-                if row.ref not in task.requeue and int(row.ref[1:]) < task.next_job:
-                    refs.append(row.ref)  # taken before: back in line (the rest still is)
-            refs.sort(key=lambda r: int(r[1:]))
-            if fin_failed is not None and not again:
-                fin_failed.fails = fin_failed.lost = 0
-                fin_failed.error = retried_failure(fin_failed)
-                fin_failed.finished_at = None
-                tx.put_job(task_id, fin_failed)
-                task.state = TaskState.FINALIZING
-                d = self._follow(tx, qs, task, fin_failed.ref, now)
-                tx.put_task(task)
-                return d
-            task.state = TaskState.RUNNING if task.sealed else TaskState.OPEN
-            qs(task.options.queue).waiting += task.total - task.next_job + len(task.requeue)
-            self._wait(qs, task, refs)
-            d = self._advance(tx, qs, task, now)
+                    fin_failed = row
+                continue
+            if row.state == JobState.FAILED:
+                task.failed -= 1
+            row.error = retried_failure(row) if row.state == JobState.FAILED else failure_history(row.error)
+            row.state = JobState.PENDING
+            row.fails = row.lost = 0
+            row.finished_at = None
+            row.due_at = None
+            tx.put_job(task_id, row)
+            again += 1
+            if row.ref not in task.requeue and int(row.ref[1:]) < task.next_job:
+                refs.append(row.ref)  # taken before: back in line (the rest still is)
+        refs.sort(key=lambda r: int(r[1:]))
+        resumed, nested = nesting.retry_slots(self, tx, qs, task, slots, now)
+        again += resumed
+        if fin_failed is not None and not again:
+            fin_failed.fails = fin_failed.lost = 0
+            fin_failed.error = retried_failure(fin_failed)
+            fin_failed.finished_at = None
+            tx.put_job(task_id, fin_failed)
+            task.state = TaskState.FINALIZING
+            d = self._follow(tx, qs, task, fin_failed.ref, now)
             tx.put_task(task)
-            return self._merge(task, d, qs(task.options.queue).top_up(self.window, now))
+            return d
+        task.state = TaskState.RUNNING if task.sealed else TaskState.OPEN
+        qs(task.options.queue).waiting += task.total - task.next_job + len(task.requeue)
+        self._wait(qs, task, refs)
+        d = self._advance(tx, qs, task, now)
+        tx.put_task(task)
+        d = self._merge(task, d, qs(task.options.queue).top_up(self.window, now))
+        if nested:
+            d = Dispatch(task.id, task.options.queue, d.refs, d.tickets, d.also + tuple(nested))
+        return d
 
     def claim_due(self, now: float, limit: int = 1000) -> list[Dispatch]:
         out: list[Dispatch] = []
@@ -916,6 +892,8 @@ class RowStore(Store):
                 tx.put_task(task)
                 if d:
                     out.append(d)
+            if qs.ended:  # a job failed for good ended its task: end its step in the parent
+                out.extend(nesting.settle(self, tx, qs, TaskRow(id="", options=TaskOptions()), NOTHING, now).also)
             for name in sorted(set(tx.queues()) | set(qs.rows)):
                 q = qs(name)
                 tickets = q.expired_tickets(now, self.ticket_timeout) + q.top_up(self.window, now)
@@ -926,18 +904,31 @@ class RowStore(Store):
     def delete(self, task_id: str) -> bool:
         with self._txq() as (tx, qs):
             task = tx.get_task(task_id)
-            if task is not None and task.state in (TaskState.OPEN, TaskState.RUNNING):
-                self._unschedule(qs, task)
-            if task is not None and task.running > 0:
-                # Its running jobs will never report back: free their places under the group's
-                # cap, and owe back the tickets parked on them (the next top-up issues them).
-                q = qs(task.options.queue)
-                g = q.groups.get(task.group_key)
-                if g is not None:
-                    g.running -= task.running
-                    q.forget_if_idle(task.group_key)
-                q.parked = max(0, q.parked - task.running)
-            return tx.delete_task(task_id)
+            if task is not None and task.parent is not None and tx.get_task(task.parent) is not None:
+                if task.state in (TaskState.OPEN, TaskState.RUNNING, TaskState.FINALIZING):
+                    raise InvalidTransition(
+                        f"task {task_id!r} is a running subtask of {task.parent!r}: cancel it, "
+                        "or delete the whole tree from its root"
+                    )
+            self._unschedule_tree(tx, qs, task)
+            return nesting.delete_tree(tx, task_id)
+
+    def _unschedule_tree(self, tx: Txn, qs: _Queues, task: TaskRow | None) -> None:
+        if task is None:
+            return
+        if task.state in (TaskState.OPEN, TaskState.RUNNING):
+            self._unschedule(qs, task)
+        if task.running > 0:
+            # Its running jobs will never report back: free their places under the group's
+            # cap, and owe back the tickets parked on them (the next top-up issues them).
+            q = qs(task.options.queue)
+            g = q.groups.get(task.group_key)
+            if g is not None:
+                g.running -= task.running
+                q.forget_if_idle(task.group_key)
+            q.parked = max(0, q.parked - task.running)
+        for child_id in task.children:
+            self._unschedule_tree(tx, qs, tx.get_task(child_id))
 
     def reject(self, raw: str, reason: str, now: float) -> None:
         with self.transaction() as tx:
@@ -961,8 +952,7 @@ class RowStore(Store):
 
     def results(self, task_id: str) -> dict[str, Any]:
         with self.transaction() as tx:
-            rows = tx.jobs(task_id, [JobState.SUCCEEDED])
-        return {r.ref: json.loads(r.result) for r in rows if r.result is not None and r.ref[0] == JOB}
+            return nesting.results_in(self, tx, task_id)
 
     def list_tasks(self, state: TaskState | None = None, limit: int = 1000) -> list[Progress]:
         now = time.time()
@@ -986,6 +976,14 @@ class RowStore(Store):
         with self.transaction() as tx:
             rows = [tx.get_job(task_id, ref) for ref in clip(refs)]
             return {r.ref: JobDetail(r.ref, r.state.value, r.spec, r.attempt) for r in rows if r is not None}
+    def add_subtask(self, parent_id: str, child_id: str, options: TaskOptions, on_failure: str, now: float) -> str:
+        with self._txq() as (tx, qs):
+            return nesting.add_subtask(self, tx, qs, parent_id, child_id, options, on_failure, now)
+
+    def tree(self, task_id: str) -> nesting.TaskTree | None:
+        with self.transaction() as tx:
+            return nesting.tree_in(tx, task_id)
+
     def queue_state(self, queue: str) -> QueueRow | None:
         """The scheduling row of ``queue`` (for inspection: ``multistep show``, tests)."""
         with self.transaction() as tx:

@@ -482,7 +482,11 @@ def norm_dispatch(d: Any, run: Run | None = None) -> Any:
     """A Dispatch, its refs in (kind, number) order and its tickets in order: the order of
     messages inside one dispatch is not part of the contract (the caller enqueues them all)."""
     if isinstance(d, Dispatch):
-        return Dispatch(d.task_id, d.queue, tuple(sorted(d.refs, key=ref_key)), tuple(sorted(d.tickets)))
+        # what the same transition asked for other tasks (a subtask's end advanced its parent),
+        # flattened, in a canonical order
+        also = sorted((norm_dispatch(x) for x in d.also for x in x.parts()),
+                      key=lambda x: (x.task_id, x.queue, [ref_key(r) for r in x.refs], x.tickets))
+        return Dispatch(d.task_id, d.queue, tuple(sorted(d.refs, key=ref_key)), tuple(sorted(d.tickets)), tuple(also))
     return d
 
 
@@ -580,6 +584,16 @@ def _release_args(run: Run, draw: Draw[Any]) -> Args:
     return {"queue": run.queue(draw(st.sampled_from(QUEUES)))}
 
 
+def _subtask_args(run: Run, draw: Draw[Any]) -> Args:
+    # a child among the run's ids that do not exist (so trees form among a, b and c)
+    return {"parent": run.pick_task(draw, is_open), "child": run.pick_task(draw, new=True),
+            "options": run.own(draw(task_options())), "on_failure": draw(st.sampled_from(["fail", "ignore", "continue"]))}
+
+
+def _nests(store: Store) -> bool:
+    return type(store).add_subtask is not Store.add_subtask
+
+
 def _cancel_args(run: Run, draw: Draw[Any]) -> Args:
     return {"task_id": run.pick_task(draw, lambda v: v.state in ("running", "finalizing", "failed")), "by": draw(text())}
 
@@ -618,6 +632,10 @@ def _take_next(store: Store, now: float, a: Args) -> tuple[Dispatch, Start]:
 
 def _learn_create(run: Run, a: Args, result: Any, now: float) -> None:
     run.forget(a["task_id"])  # attempts of an earlier task of that id
+
+
+def _learn_create_child(run: Run, a: Args, result: Any, now: float) -> None:
+    run.forget(a["child"])
 
 
 def _learn_start(run: Run, a: Args, result: Any, now: float) -> None:
@@ -678,7 +696,11 @@ OPS: tuple[Op, ...] = (
        learn=_learn_renew, weight=_when(has_running, 3)),
     Op("finish", _finish_args, _finish, norm_dispatch, _learn_finish, weight=_when(has_running, 12, 2)),
     Op("take_next", _finish_args, _take_next, norm_pair, _learn_take_next, weight=_when(has_running, 5)),
-    Op("cancel", _cancel_args, lambda s, now, a: s.cancel(a["task_id"], a["by"], now), weight=1),
+    Op("cancel", _cancel_args, lambda s, now, a: s.cancel_and_dispatch(a["task_id"], a["by"], now),
+       lambda r, run: (r[0], norm_dispatch(r[1])) if isinstance(r, tuple) else r, weight=1),
+    Op("add_subtask", _subtask_args, lambda s, now, a: s.add_subtask(a["parent"], a["child"], a["options"],
+                                                                     a["on_failure"], now),
+       learn=_learn_create_child, supported=_nests, weight=_when(is_open, 3)),
     Op("retry", _retry_args, lambda s, now, a: s.retry(a["task_id"], now), norm_dispatch, weight=_when(is_failed, 4)),
     Op("claim_due", _claim_args, lambda s, now, a: s.claim_due(now, a["limit"]), norm_claims, _learn_claim,
        weight=lambda run: 8 if run.something_due() else 2),
@@ -737,6 +759,8 @@ READS: tuple[Read, ...] = (
          supported=lambda s: hasattr(s, "queue_state")),
     Read("rejected", lambda s, run, tid: rejected_of(s.rejected(1000), run), per_task=False,
          after=frozenset({"reject"})),
+    Read("tree", lambda s, run, tid: s.tree(tid), supported=_nests,
+         after=frozenset({"add_subtask", "finish", "take_next", "cancel", "retry", "seal", "delete", "claim_due"})),
 )
 
 

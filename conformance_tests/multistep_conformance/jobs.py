@@ -145,3 +145,32 @@ def span(path: str, label: str, seconds: float) -> None:
     note(path, f"{label}:start:{time.time():.6f}")
     time.sleep(seconds)
     note(path, f"{label}:end:{time.time():.6f}")
+
+
+@job(name="conformance.spawn_subtask")
+def spawn_subtask(path: str, label: str, n: int) -> None:
+    """Add a subtask of ``n`` jobs (and a finalizer ``<label>.fin``) to the running job's task."""
+    with current_task().add_subtask(f"{current_task().id}.{label}") as sub:
+        for i in range(n):
+            sub.add_job(record, path, f"{label}.{i}")
+        sub.add_finalization_job(record, path, f"{label}.fin")
+    note(path, label)
+
+
+@job(name="conformance.tree_snapshot")
+def tree_snapshot(path: str, label: str) -> None:
+    """A finalizer that writes its task's direct and deep progress, failures and results."""
+    task = current_task()
+    p, deep = task.progress(), task.progress(deep=True)
+    note(
+        path,
+        label + "=" + json.dumps(
+            {
+                "total": p.total, "succeeded": p.succeeded, "failed": p.failed,
+                "deep_total": deep.total, "deep_succeeded": deep.succeeded, "deep_failed": deep.failed,
+                "failures": sorted(f"{f.ref}:{f.type}" for f in task.failures()),
+                "results": task.results(),
+            },
+            sort_keys=True,
+        ),
+    )

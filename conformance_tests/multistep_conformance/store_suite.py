@@ -23,6 +23,7 @@ from multistep_core import InvalidTransition, Store, TaskExists, TaskNotFound, T
 from multistep_core.model import Failure, Policy
 
 from .fair_suite import FairStoreTests
+from .nested_store_suite import NestedStoreTests
 
 LEASE = 5.0
 SPEC = '{"fn":"conformance.ping","args":[]}'
@@ -52,7 +53,7 @@ def only(dispatches: list[Any], task_id: str) -> list[str]:
     return sorted(r for d in dispatches if d.task_id == task_id for r in d.refs)
 
 
-class StoreTests(FairStoreTests):
+class StoreTests(FairStoreTests, NestedStoreTests):
     """Override ``backend_string`` (or the ``store`` fixture)."""
 
     backend_string: ClassVar[str | None] = None

@@ -37,6 +37,7 @@ from multistep_core.model import JOB, encode_message, encode_ticket
 from . import jobs
 from .fair_suite import FairShareTests
 from .harness import DEFAULT_TIMEOUT, Harness, Journal, eventually
+from .nested_suite import NestedTests
 from .store_suite import has_job_states
 
 T = DEFAULT_TIMEOUT
@@ -52,7 +53,7 @@ def unregistered(path: str) -> None:
     """A plain function nobody registered."""
 
 
-class BackendTests(FairShareTests):
+class BackendTests(FairShareTests, NestedTests):
     """The contract, end to end. Override ``backend_string`` (or the fixture of that name)."""
 
     backend_string: ClassVar[str | None] = None

@@ -37,12 +37,14 @@ SHOW_GROUPS = 10  # failure groups `show` prints unless --limit says otherwise
 @click.option("--state", "state_filter", type=click.Choice([s.value for s in TaskState]), default=None,
               help="Only tasks in this state.")
 @click.option("--limit", "-n", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--all", "-a", "every", is_flag=True, help="Subtasks too (by default only top-level tasks).")
 @json_option
 @click.pass_context
-def ls_cmd(ctx: click.Context, state_filter: str | None, limit: int, as_json: bool) -> None:
-    """List tasks: id, state, jobs done/total, failed, finalizers, age."""
+def ls_cmd(ctx: click.Context, state_filter: str | None, limit: int, every: bool, as_json: bool) -> None:
+    """List top-level tasks (``--all``: subtasks too): id, state, jobs done/total, failed,
+    finalizers, group, running, share, age."""
     backend = obj(ctx).connect(ctx)
-    tasks = backend.list_tasks(state_filter, limit)
+    tasks = backend.list_tasks(state_filter, limit, top_level=not every)
     if as_json:
         echo_json([progress_json(p) for p in tasks])
     else:
@@ -138,9 +140,10 @@ def progress_table(p: TaskProgress, running_on: dict[str, int] | None = None) ->
 @click.argument("task_id", metavar="ID")
 @click.option("--limit", "-n", default=SHOW_GROUPS, show_default=True, type=click.IntRange(1, 1_000_000),
               help="Failure groups to print (identical failures are one group).")
+@click.option("--tree", "as_tree", is_flag=True, help="The task and its subtasks, to any depth (docs/nested.md).")
 @json_option
 @click.pass_context
-def show(ctx: click.Context, task_id: str, limit: int, as_json: bool) -> None:
+def show(ctx: click.Context, task_id: str, limit: int, as_tree: bool, as_json: bool) -> None:
     """Show one task: progress, options, and its failures.
 
     Identical failures (same type and message) are one group: its count, refs, the arguments
@@ -148,6 +151,15 @@ def show(ctx: click.Context, task_id: str, limit: int, as_json: bool) -> None:
     """
     backend = obj(ctx).connect(ctx)
     task = get_task(backend, task_id)
+    if as_tree:  # nested tasks: one line per task of the tree
+        from ..tree_view import render
+
+        tree = task.tree()
+        if as_json:
+            echo_json(tree.to_dict())
+        else:
+            out().print(render(tree))
+        return
     p = task.progress()
     failures = task.failures()
     groups = group_failures(failures)

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from ..fairshare import DEFAULT_WINDOW, QueueRow
 from ..model import JobState, Rejected, TaskState
+from ..nesting import delete_tree
 from ..store import DEFAULT_LEASE, JobRow, RowStore, TaskRow, Txn
 
 
@@ -86,7 +87,7 @@ class _MemoryTxn(Txn):
 
     def purge_expired(self, now: float) -> None:
         for tid in [t.id for t in self.s._tasks.values() if t.expires_at is not None and t.expires_at <= now]:
-            self.delete_task(tid)
+            delete_tree(self, tid)  # a subtask never expires alone: it goes with its root
 
 
 class MemoryStore(RowStore):

@@ -20,6 +20,7 @@ from typing import Any
 from ..fairshare import DEFAULT_WINDOW, QueueRow
 from ..listing import TaskPage, TaskQuery, like_pattern
 from ..model import JobState, Rejected, TaskOptions, TaskState
+from ..nesting import delete_tree
 from ..store import DEFAULT_LEASE, JobRow, RowStore, TaskRow, Txn
 
 SCHEMA = """
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS ms_tasks (
     has_callback INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     sealed_at REAL, finished_at REAL, cancelled_by TEXT, cancelled_at REAL, expires_at REAL,
-    sched TEXT
+    sched TEXT,
+    nest TEXT
 );
 CREATE TABLE IF NOT EXISTS ms_queues (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS ms_tasks_state ON ms_tasks (state, created_at);
@@ -67,7 +69,7 @@ CREATE TABLE IF NOT EXISTS ms_rejected (
 
 _TASK_COLS = (
     "id, state, options, sealed, total, running, succeeded, failed, fin_total, fin_done, "
-    "has_callback, created_at, sealed_at, finished_at, cancelled_by, cancelled_at, expires_at, sched"
+    "has_callback, created_at, sealed_at, finished_at, cancelled_by, cancelled_at, expires_at, sched, nest"
 )
 _JOB_COLS = "ref, spec, state, attempt, fails, lost, due_at, error, result, started_at, finished_at"
 
@@ -77,8 +79,21 @@ def _task_from(r: Sequence[Any]) -> TaskRow:
         id=r[0], state=TaskState(r[1]), options=TaskOptions.from_dict(json.loads(r[2])), sealed=bool(r[3]),
         total=r[4], running=r[5], succeeded=r[6], failed=r[7], fin_total=r[8], fin_done=r[9],
         has_callback=bool(r[10]), created_at=r[11], sealed_at=r[12], finished_at=r[13],
-        cancelled_by=r[14], cancelled_at=r[15], expires_at=r[16], **_sched_from(r[17]),
+        cancelled_by=r[14], cancelled_at=r[15], expires_at=r[16], **_sched_from(r[17]), **_nest_from(r[18]),
     )
+
+
+def _nest_from(text: str | None) -> dict[str, Any]:
+    d = json.loads(text) if text else {}
+    return {"parent": d.get("parent"), "parent_ref": d.get("ref", ""), "root": d.get("root", ""),
+            "children": d.get("children", []), "tolerated": d.get("tolerated", 0)}
+
+
+def _nest_text(t: TaskRow) -> str | None:
+    if t.parent is None and not t.children:
+        return None
+    return json.dumps({"parent": t.parent, "ref": t.parent_ref, "root": t.root, "children": t.children,
+                       "tolerated": t.tolerated})
 
 
 def _sched_from(text: str | None) -> dict[str, Any]:
@@ -95,7 +110,7 @@ def _task_values(t: TaskRow) -> tuple[Any, ...]:
     return (
         t.id, t.state.value, json.dumps(t.options.to_dict()), int(t.sealed), t.total, t.running,
         t.succeeded, t.failed, t.fin_total, t.fin_done, int(t.has_callback), t.created_at,
-        t.sealed_at, t.finished_at, t.cancelled_by, t.cancelled_at, t.expires_at, _sched_text(t),
+        t.sealed_at, t.finished_at, t.cancelled_by, t.cancelled_at, t.expires_at, _sched_text(t), _nest_text(t),
     )
 
 
@@ -124,7 +139,7 @@ class _SQLiteTxn(Txn):
 
     def put_task(self, row: TaskRow, *, new: bool = False) -> None:
         verb = "INSERT" if new else "REPLACE"
-        self.db.execute(f"{verb} INTO ms_tasks ({_TASK_COLS}) VALUES ({','.join('?' * 18)})", _task_values(row))
+        self.db.execute(f"{verb} INTO ms_tasks ({_TASK_COLS}) VALUES ({','.join('?' * 19)})", _task_values(row))
 
     def get_job(self, task_id: str, ref: str) -> JobRow | None:
         r = self.db.execute(
@@ -230,7 +245,7 @@ class _SQLiteTxn(Txn):
             r[0] for r in self.db.execute("SELECT id FROM ms_tasks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
         ]
         for tid in expired:
-            self.delete_task(tid)
+            delete_tree(self, tid)  # a subtask never expires alone: it goes with its root
 
 
 class SQLiteStore(RowStore):
@@ -262,6 +277,8 @@ class SQLiteStore(RowStore):
         cols = {r[1] for r in db.execute("PRAGMA table_info(ms_tasks)")}
         if "sched" not in cols:  # a file made before fair-share dispatch
             db.execute("ALTER TABLE ms_tasks ADD COLUMN sched TEXT")
+        if "nest" not in cols:  # a file made before nested tasks
+            db.execute("ALTER TABLE ms_tasks ADD COLUMN nest TEXT")
 
     def _forget_connections(self) -> None:
         """In a forked child: never use (nor close) a connection of the parent; keep a reference

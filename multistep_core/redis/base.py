@@ -100,9 +100,9 @@ class RedisBase(Store):
         self._scripts.load(self.r)
 
     def keys(self, task_id: str) -> list[str]:
-        """The eight keys of one task, in the order the scripts expect."""
+        """The nine keys of one task, in the order the scripts expect."""
         base = f"{self.prefix}:{{{task_id}}}:"
-        return [base + k for k in ("meta", "spec", "rows", "done", "err", "res", "due", "line")]
+        return [base + k for k in ("meta", "spec", "rows", "done", "err", "res", "due", "line", "kids")]
 
     def queue_keys(self, queue: str) -> list[str]:
         """The keys of one queue's scheduling state (lua/fair.lua; groups have keys of their own)."""
@@ -149,11 +149,15 @@ class RedisBase(Store):
 
     @staticmethod
     def _dispatch(task_id: str, res: list[Any]) -> Dispatch:
-        """A dispatch reply ``{status, queue, ref or '', ticket...}``."""
+        """A dispatch reply ``{status, queue, ref or '', ticket...}``, then maybe ``+`` and the
+        dispatches of other tasks the script moved (a subtask's end advanced its parent)."""
+        from .nested import split_extras, with_extras
+
+        res, extras = split_extras(res, 3)
         ref, tickets = res[2], tuple(int(t) for t in res[3:])
         if not ref and not tickets:
-            return NOTHING
-        return Dispatch(task_id, res[1], (ref,) if ref else (), tickets)
+            return with_extras(task_id, NOTHING, res[1], extras)
+        return with_extras(task_id, Dispatch(task_id, res[1], (ref,) if ref else (), tickets), res[1], extras)
 
     @staticmethod
     def _not_found(task_id: str) -> TaskNotFound:

@@ -38,9 +38,13 @@ class RedisReads(RedisBase):
         return out
 
     def results(self, task_id: str) -> dict[str, Any]:
+        from .nested import child_results
+
         with self._errors():
             m = self.r.hgetall(self.keys(task_id)[5])
-        return {_s(k): json.loads(_s(v)) for k, v in m.items()}
+        out = {_s(k): json.loads(_s(v)) for k, v in m.items()}
+        out.update(child_results(self, task_id))
+        return out
 
     def list_tasks(self, state: TaskState | None = None, limit: int = 1000) -> list[Progress]:
         out: list[Progress] = []

@@ -36,4 +36,5 @@ def _progress(tid: str, m: dict[str, str]) -> Progress:
         cancelled_by=m.get("cancelled_by"),
         cancelled_at=_f(m.get("cancelled_at")),
         options=TaskOptions.from_dict(json.loads(m["opts"])),
+        parent=m.get("parent") or None,
     )

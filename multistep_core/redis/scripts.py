@@ -15,10 +15,10 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-TASK_SCRIPTS = ("create", "add", "seal", "start", "finish", "take_next", "cancel", "retry", "delete")
+TASK_SCRIPTS = ("create", "add", "seal", "start", "finish", "take_next", "cancel", "retry", "delete", "subtask")
 QUEUE_SCRIPTS = ("take", "release", "claim")
 STORE_SCRIPTS = (*TASK_SCRIPTS, *QUEUE_SCRIPTS)
-COMMON = ("lib", "fair", "flow")  # prepended to every store script, in this order
+COMMON = ("lib", "fair", "flow", "nest")  # prepended to every store script, in this order
 PLAIN_SCRIPTS = ("renew", "job_states", "failures", "zrem_if")
 
 

@@ -27,8 +27,16 @@ class RedisStore(RedisReads, DueIndex):
 
     # -- writing -----------------------------------------------------------------------
     def create_task(self, task_id: str, options: TaskOptions, now: float) -> None:
+        res = self._call("create", task_id, now, self._option_args(options))
+        if res[0] == "exists":
+            raise TaskExists(f"a task with id {task_id!r} already exists ({res[1]})")
+        with self._errors():
+            self.r.zadd(self._k_tasks, {task_id: repr(now)})
+
+    @staticmethod
+    def _option_args(options: TaskOptions) -> list[Any]:
         o = options
-        args: list[Any] = [
+        return [
             "opts", json.dumps(o.to_dict(), separators=(",", ":")),
             "policy", o.policy.value,
             "max_retries", str(int(o.max_retries)),
@@ -43,11 +51,6 @@ class RedisStore(RedisReads, DueIndex):
             "maxc", str(int(o.max_concurrency)),
             "gmaxc", str(int(o.group_max_concurrency)),
         ]
-        res = self._call("create", task_id, now, args)
-        if res[0] == "exists":
-            raise TaskExists(f"a task with id {task_id!r} already exists ({res[1]})")
-        with self._errors():
-            self.r.zadd(self._k_tasks, {task_id: repr(now)})
 
     def add_jobs(
         self, task_id: str, kind: str, specs: Sequence[str], now: float, per_message: int = 1
@@ -117,7 +120,7 @@ class RedisStore(RedisReads, DueIndex):
 
     def renew(self, task_id: str, ref: str, attempt: int, now: float) -> bool:
         k = self.keys(task_id)
-        ok = self._script("renew", [k[2], k[6]], [repr(now), repr(self.lease), ref, attempt])
+        ok = self._script("renew", [k[2], k[6], k[1]], [repr(now), repr(self.lease), ref, attempt])
         return bool(int(ok))
 
     def finish(
@@ -145,7 +148,10 @@ class RedisStore(RedisReads, DueIndex):
     ) -> tuple[Dispatch, Start]:
         res = self._call("take_next", task_id, now, self._finish_args(ref, attempt, result, error))
         cut = res.index("S", 3)  # after status, queue (which may be "S") and ref
-        return self._dispatch(task_id, res[:cut]), self._start(res[cut + 1 :])
+        start = res[cut + 1 :]
+        start = start[: 8 if int(start[0]) == 1 else 2]
+        extras = res[cut + 1 + len(start) :]
+        return self._dispatch(task_id, res[:cut] + extras), self._start(start)
 
     @staticmethod
     def _finish_args(ref: str, attempt: int, result: str | None, error: Failure | None) -> list[Any]:
@@ -157,10 +163,41 @@ class RedisStore(RedisReads, DueIndex):
         ]
 
     def cancel(self, task_id: str, by: str, now: float) -> bool:
+        return self.cancel_and_dispatch(task_id, by, now)[0]
+
+    def cancel_and_dispatch(self, task_id: str, by: str, now: float) -> tuple[bool, Dispatch]:
+        from .nested import split_extras, with_extras
+
         res = self._call("cancel", task_id, now, [by])
         if res[0] == "notfound":
             raise self._not_found(task_id)
-        return int(res[1]) == 1
+        res, extras = split_extras(res, 2)
+        return int(res[1]) == 1, with_extras(task_id, NOTHING, res[2] if len(res) > 2 else "default", extras)
+
+    def add_subtask(self, parent_id: str, child_id: str, options: TaskOptions, on_failure: str, now: float) -> str:
+        from ..nesting import OnFailure, slot_spec
+
+        try:
+            mode = OnFailure(on_failure)
+        except ValueError:
+            raise InvalidJob(f"on_failure must be one of fail, ignore, continue; not {on_failure!r}") from None
+        res = self._call("subtask", parent_id, now, [child_id, slot_spec(child_id, mode), *self._option_args(options)])
+        if res[0] == "notfound":
+            raise self._not_found(parent_id)
+        if res[0] == "closed":
+            raise InvalidTransition(
+                f"task {parent_id!r} is {res[1]}; subtasks can be added only while it is open or running"
+            )
+        if res[0] == "exists":
+            raise TaskExists(f"a task with id {child_id!r} already exists ({res[1]})")
+        with self._errors():
+            self.r.zadd(self._k_tasks, {child_id: repr(now)})
+        return str(res[1])
+
+    def tree(self, task_id: str) -> Any:
+        from .nested import tree
+
+        return tree(self, task_id)
 
     def retry(self, task_id: str, now: float) -> Dispatch:
         res = self._call("retry", task_id, now, [])
@@ -171,7 +208,12 @@ class RedisStore(RedisReads, DueIndex):
         return self._dispatch(task_id, res)
 
     def delete(self, task_id: str) -> bool:
-        return bool(int(self._call("delete", task_id, 0.0, [])))
+        res = self._call("delete", task_id, 0.0, [])
+        if isinstance(res, list):
+            raise InvalidTransition(
+                f"task {task_id!r} is a running subtask of {res[1]!r}: cancel it, or delete the whole tree from its root"
+            )
+        return bool(int(res))
 
     def reject(self, raw: str, reason: str, now: float) -> None:
         item = json.dumps({"raw": raw[:4096], "reason": reason, "at": now}, separators=(",", ":"))

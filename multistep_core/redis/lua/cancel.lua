@@ -6,5 +6,7 @@ if T.state == 'succeeded' or T.state == 'cancelled' then return {'ok', 0} end
 finish_task('cancelled')
 tset('cancelled_by', ARGV[6])
 tset('cancelled_at', NOW_S)
+cancel_children(ARGV[6])
+settle()
 commit()
-return {'ok', 1}
+return extras({'ok', 1, T.queue})

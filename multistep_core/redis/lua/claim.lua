@@ -86,6 +86,9 @@ for n, it in ipairs(items) do
     end
   end
 end
+-- a job failed for good ended its task: its step in the parent ends too
+settle()
+for _, e in ipairs(EXTRA) do emit(e[1], e[2], e[3]) end
 -- every queue: tickets presumed lost, and those owed
 local names = {}
 local seen = {}

@@ -1,24 +1,12 @@
--- delete.lua (task script): remove a task; a waiting one leaves its queue's line first
+-- delete.lua (task script): remove a task and its subtasks (nest.lua's delete_tree); a running
+-- subtask whose parent still exists is refused (the parent would wait for it forever)
 bind(ARGV[5])
 local found = redis.call('EXISTS', KM)
-if load_task() then
-  if is_live() then unschedule() end
-  if T.running > 0 then
-    -- its running jobs will never report back: free their places under the group's cap,
-    -- and owe back the tickets parked on them (the next top-up issues them)
-    local q = queue(T.queue)
-    local key = gkey()
-    local g = gload(q, key)
-    if g ~= nil then
-      g.running = g.running - T.running
-      gsave(q, g)
-      forget_if_idle(q, key)
-    end
-    q.parked = math.max(0, q.parked - T.running)
+if load_task() and T.parent ~= nil and T.parent ~= '' and redis.call('EXISTS', task_keys(T.parent)[1]) == 1 then
+  if T.state == 'open' or T.state == 'running' or T.state == 'finalizing' then
+    return {'running-subtask', T.parent}
   end
-  save_queues()
 end
-redis.call('DEL', unpack(ALLK))
-redis.call('ZREM', PFX .. ':tasks', TID)
-redis.call('ZREM', KDUEIDX, TID)
+delete_tree(ARGV[5])
+save_queues()
 return found

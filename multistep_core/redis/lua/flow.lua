@@ -1,11 +1,14 @@
 -- flow.lua: RowStore's lifecycle helpers (multistep_core/store.py) over lib.lua's rows and
 -- fair.lua's queues. A dispatch is nil or {ref = <ref or nil>, t = {tickets}}.
+local ENDED = {}  -- tasks that ended in this script, in order (nest.lua)
+
 local function task_waiting()
   return T.total - T.next + redis.call('LLEN', KLINE)
 end
 
 local function gkey()
   if T.group ~= '' then return T.group end
+  if T.root ~= nil and T.root ~= '' then return '=' .. T.root end  -- a tree shares one share
   return '=' .. TID
 end
 
@@ -101,8 +104,13 @@ local function finish_task(state)
   if is_live() then unschedule() end
   tset('state', state)
   tset('finished_at', NOW_S)
-  tset('expires_at', fmt(NOW + tonumber(T.retention)))
+  if T.parent ~= nil and T.parent ~= '' then
+    tset('expires_at', nil)  -- a subtask expires with its root
+  else
+    tset('expires_at', fmt(NOW + tonumber(T.retention)))
+  end
   FINISHED = true
+  ENDED[#ENDED + 1] = TID  -- nest.lua's settle() ends its step in its parent
 end
 
 local function follow(ref)
@@ -140,7 +148,7 @@ end
 
 local function advance()
   if T.state ~= 'running' or T.succeeded + T.failed < T.total then return nil end
-  if T.policy == 'fail' and T.failed > 0 then return fail() end
+  if T.policy == 'fail' and T.failed > (T.tolerated or 0) then return fail() end
   if T.fin_done < T.fin_total then
     unschedule()  -- every job has ended: what is left in line is stale
     redis.call('DEL', KLINE)
@@ -226,6 +234,9 @@ end
 local function finish_one(kind, idx, ref, attempt, has_result, result, errjson, errtype)
   local r = get_row(kind, idx, ref)
   if not r or r.st == 's' or r.st == 'f' then return nil end
+  if kind == 'j' and r.st == 'r' and string.sub(redis.call('HGET', KS, ref) or '', 1, 11) == '{"subtask":' then
+    return nil  -- a subtask's step ends only with the subtask (nest.lua)
+  end
   if errjson and (r.st ~= 'r' or r.a ~= attempt) then return nil end
   if kind == 'f' and (T.state ~= 'finalizing' or idx ~= T.fin_done) then return nil end
   if kind == 'x' and T.state ~= 'failed' then return nil end

@@ -6,7 +6,7 @@
 -- ARGV[1] now, ARGV[2] lease, ARGV[3] key prefix, ARGV[4] ticket window, ARGV[5] the task id
 -- (task scripts) or the queue name (queue scripts); the rest belongs to the script.
 -- KEYS: every key the script is known to touch before it runs (a task script: the task's
--- eight keys, then the global due index and queue set); keys of other tasks and of queue
+-- nine keys, then the global due index and queue set); keys of other tasks and of queue
 -- groups are named from the prefix (one Redis server; see docs/redis.md).
 --
 -- Per task T (hash tag {T}):
@@ -19,6 +19,7 @@
 --   res   hash   ref -> result JSON (tasks that keep results)
 --   due   zset   ref -> due time (lease expiry, retry time, follow-up grace)
 --   line  list   refs back in line for a ticket (RowStore's TaskRow.requeue)
+--   kids  list   subtask ids in creation order (nest.lua; meta has parent, pref, root, tolerated)
 --
 -- Floats cross the boundary as strings: `now` is stored exactly as Python's repr sent
 -- it, computed values are written with %.17g (exact round trip), never through Lua's
@@ -44,7 +45,7 @@ local function bytes_less(a, b)
   return #a < #b
 end
 
-local TASK_SUFFIXES = {'meta', 'spec', 'rows', 'done', 'err', 'res', 'due', 'line'}
+local TASK_SUFFIXES = {'meta', 'spec', 'rows', 'done', 'err', 'res', 'due', 'line', 'kids'}
 local function task_keys(tid)
   local base = PFX .. ':{' .. tid .. '}:'
   local ks = {}
@@ -53,10 +54,10 @@ local function task_keys(tid)
 end
 
 local NUMF = {total=1, running=1, succeeded=1, failed=1, fin_total=1, fin_done=1, sealed=1, has_cb=1,
-  next=1, batch=1, vt=1, weight=1, maxc=1, gmaxc=1}
+  next=1, batch=1, vt=1, weight=1, maxc=1, gmaxc=1, tolerated=1}
 
 -- the task a script works on; bind() switches between tasks (take and claim visit several)
-local TID, KM, KS, KR, KD, KE, KRES, KDUE, KLINE, ALLK
+local TID, KM, KS, KR, KD, KE, KRES, KDUE, KLINE, KKIDS, ALLK
 local T = nil
 local TC = {}
 local R = {}
@@ -77,6 +78,7 @@ local function bind(tid)
   TID = tid
   ALLK = c.keys
   KM, KS, KR, KD, KE, KRES, KDUE, KLINE = ALLK[1], ALLK[2], ALLK[3], ALLK[4], ALLK[5], ALLK[6], ALLK[7], ALLK[8]
+  KKIDS = ALLK[9]
   T, TC, R, FINISHED = c.T, c.TC, c.R, c.FIN
 end
 
@@ -117,6 +119,8 @@ local function save_task()
   TC = {}
 end
 
+local TREE_TTL  -- (tid, ms) set by nest.lua: every task below tid expires in ms (nil: never)
+
 -- A finished task expires after its retention; keys written to a finished task later
 -- (a late job finishing on a cancelled task) get the same remaining time.
 local function apply_ttl()
@@ -124,11 +128,12 @@ local function apply_ttl()
   local st = T.state
   if st ~= 'succeeded' and st ~= 'failed' and st ~= 'cancelled' then return end
   local ms
-  if FINISHED then
+  if FINISHED and (T.parent == nil or T.parent == '') then
     ms = math.ceil(tonumber(T.retention) * 1000)
     if ms < 1 then ms = 1 end
     for _, k in ipairs(ALLK) do redis.call('PEXPIRE', k, string.format('%.0f', ms)) end
-  else
+    TREE_TTL(TID, ms)  -- a tree expires whole (nest.lua)
+  else  -- a late write, or a subtask (it expires with its root: the root set its keys' TTL)
     ms = redis.call('PTTL', KM)
     if ms <= 0 then return end
     for i = 2, #ALLK do redis.call('PEXPIRE', ALLK[i], ms) end
@@ -137,6 +142,7 @@ end
 
 local function persist_all()
   for _, k in ipairs(ALLK) do redis.call('PERSIST', k) end
+  TREE_TTL(TID, nil)
 end
 
 -- rows ----------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ if not load_task() then return {'ok', '', '', 'S', 0, 'batch-done'} end
 local errjson = nil
 if ARGV[12] ~= '' then errjson = ARGV[12] end
 local d = finish_one(ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), ARGV[10] == '1', ARGV[11], errjson, ARGV[13])
+settle()  -- before the take: the parent's count is part of the finish
 local function reply(st)
+  settle()
   commit()
   local ret = out(d)
   ret[#ret + 1] = 'S'
   for _, v in ipairs(st) do ret[#ret + 1] = v end
-  return ret
+  return extras(ret)
 end
 local done = {0, 'batch-done'}
 if not is_live() then return reply(done) end
