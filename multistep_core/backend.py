@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from .errors import InvalidJob, InvalidTransition, TaskFailed, TaskNotFound, WaitTimeout
+from .faults import crash_point
 from .model import (
     CALLBACK,
     FINALIZER,
@@ -157,11 +158,13 @@ class Backend:
         msgs = encode_messages(d.task_id, d.refs, per_message)
         for i in range(0, len(msgs), ADD_CHUNK):
             self.queue.enqueue(d.queue, msgs[i : i + ADD_CHUNK])
+            crash_point("add_jobs.between_batches")
 
     def recover(self, now: float | None = None) -> int:
         """One recovery pass: resend what is due. Returns how many messages were sent."""
         sent = 0
         for d in self.store.claim_due(time.time() if now is None else now):
+            crash_point("recovery.claimed")
             self.dispatch(d)
             sent += len(d.refs)
         return sent
@@ -274,6 +277,7 @@ class Task:
 
     def _add(self, kind: str, specs: list[str], per_message: int = 1) -> list[str]:
         refs = self.backend.store.add_jobs(self.id, kind, specs, time.time())
+        crash_point("add_jobs.written")
         if kind == JOB:
             self.backend.dispatch(Dispatch(self.id, self.queue, tuple(refs)), per_message)
         return refs

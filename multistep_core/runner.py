@@ -26,6 +26,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from .context import JobContext, _current
+from .faults import crash_point
 from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode_refs, encode_message
 from .registry import lookup
 
@@ -163,6 +164,7 @@ class Runner:
                     task_id, ref, start.attempt, now, nxt, result=result_text, error=error
                 )
                 self.dispatch(d)
+                crash_point("packed.between")
             outcomes.append("failed" if error is not None else "succeeded")
         return outcomes[0] if len(set(outcomes)) == 1 else ",".join(outcomes)
 
@@ -188,6 +190,7 @@ class Runner:
 
     def _execute(self, task_id: str, ref: str, start: Start) -> tuple[str | None, Failure | None]:
         """Call the job of a started attempt; return ``(result JSON, failure)``."""
+        crash_point("started", ref)
         attempt = start.attempt
         fn_name = "?"
         try:
@@ -227,9 +230,11 @@ class Runner:
             _current.reset(token)
         if error is not None:
             log.info("%s/%s attempt %d failed: %s: %s", task_id, ref, attempt, error.type, error.message)
+        crash_point("called", ref)
         return result_text, error
 
     def dispatch(self, d: Dispatch) -> None:
+        crash_point("finished")
         pending = getattr(self._local, "pending", None)
         if (
             pending is not None
