@@ -33,6 +33,7 @@ from multistep_core import (
 from multistep_core.model import JOB, Dispatch, encode_message
 
 from . import jobs
+from .crash import CrashTests
 from .harness import DEFAULT_TIMEOUT, Harness, Journal, eventually
 
 T = DEFAULT_TIMEOUT
@@ -48,7 +49,7 @@ def unregistered(path: str) -> None:
     """A plain function nobody registered."""
 
 
-class BackendTests:
+class BackendTests(CrashTests):
     """The contract, end to end. Override ``backend_string`` (or the fixture of that name)."""
 
     backend_string: ClassVar[str | None] = None
