@@ -74,9 +74,10 @@ class Backend:
         self.eager = eager
         self.runner = Runner(self)
         self._recovery: Recovery | None = None
+        # An in-process backend recovers due work once this process sends work of its own: a
+        # process that only reads never runs (and fails) jobs it has not registered.
+        self._recover_on_send = queue.in_process and not eager
         queue.bind(self.runner)
-        if queue.in_process and not eager:
-            self._recovery = Recovery(self).start()
 
     def __repr__(self) -> str:
         return f"<multistep Backend {self.name}>"
@@ -153,6 +154,8 @@ class Backend:
     # -- plumbing --------------------------------------------------------------------
     def dispatch(self, d: Dispatch, per_message: int = 1) -> None:
         """Enqueue the messages a transition asked for (up to ``per_message`` refs each)."""
+        if self._recover_on_send and self._recovery is None:
+            self.start_recovery()
         if not d.refs:
             return
         msgs = encode_messages(d.task_id, d.refs, per_message)
@@ -182,9 +185,17 @@ class Backend:
         finally:
             recovery.stop()
 
+    def start_recovery(self) -> None:
+        """Start this process's recovery thread now. In-process backends (``sqlite``, ``redis``,
+        ``memory``) start it when the process first sends work (adds jobs, seals, retries), so a
+        process that only reads runs no recovery; a process that should finish the tasks of a
+        dead one without adding work calls this (with the job modules imported)."""
+        if self._recovery is None:
+            self._recovery = Recovery(self).start()
+
     def stop_recovery(self) -> None:
-        """Stop this process's recovery thread (in-process backends start one). A process that
-        only inspects tasks calls this so it never picks up another process's due jobs."""
+        """Stop this process's recovery thread, and never start it again on this backend."""
+        self._recover_on_send = False
         if self._recovery is not None:
             self._recovery.stop()
             self._recovery = None
