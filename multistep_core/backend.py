@@ -172,6 +172,13 @@ class Backend:
             sent += len(d.refs)
         return sent
 
+    def recover_task(self, task_id: str) -> Dispatch:
+        """Send again what ``task_id`` waits for and no worker holds (idempotent; see
+        multistep_core/resend.py). Returns what was sent. Raises TaskNotFound."""
+        d = self.store.waiting(task_id)
+        self.dispatch(d)
+        return d
+
     def run_worker(self, modules: Sequence[str] = (), queues: Sequence[str] = ("default",), concurrency: int = 2) -> int:
         """Serve jobs until stopped, with a recovery thread beside the queue's worker."""
         if not isinstance(self.queue, SupportsWorkers):

@@ -531,6 +531,11 @@ def rejected(ctx: click.Context, limit: int, as_json: bool) -> None:
         _hint(MEMORY_HINT)
 
 
+from .cli_recover import recover  # noqa: E402 - the command lives in its own module
+
+cli.add_command(recover)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="multistep")

@@ -167,6 +167,13 @@ class Store(ABC):
         """Every ref of the task and its job state (for inspection and tests)."""
         raise NotImplementedError
 
+    def waiting(self, task_id: str) -> Dispatch:
+        """The refs the task waits for that no worker holds (``multistep recover``); built
+        from :meth:`progress` and :meth:`job_states` (multistep_core/resend.py)."""
+        from .resend import waiting_refs
+
+        return waiting_refs(self, task_id)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

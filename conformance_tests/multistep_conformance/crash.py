@@ -212,3 +212,23 @@ class CrashTests:
         (p,) = wait_restarting(harness, [task], self.workers, self.crash_bound, "after a crash between batches")
         record_timing(harness, "crash", point="add_jobs.between_batches", seconds=round(time.monotonic() - crashed, 3))
         self._check(journal, p, n_jobs=2)
+
+    # -- an operator re-sends what a task waits for ------------------------------------
+    def test_recover_task_resends_lost_messages_idempotently(self, harness: Harness, journal: Journal) -> None:
+        # Given a task whose job messages were lost (jobs in the store, nothing enqueued)
+        task = harness.task()
+        specs = [json.dumps({"fn": "conformance.record", "args": [journal.path, f"job{i}"]}) for i in range(4)]
+        harness.backend.store.add_jobs(task.id, "j", specs, time.time())
+        for f in FINS:
+            task.add_finalization_job(jobs.record, journal.path, f)
+        task.seal()
+        # When an operator runs recover_task (`multistep recover ID`) twice
+        first = harness.backend.recover_task(task.id)
+        again = harness.backend.recover_task(task.id)
+        # Then the lost jobs were sent (again, at most once more), and each ran exactly once
+        assert set(first.refs) == {f"j{i}" for i in range(4)} and set(again.refs) <= set(first.refs)
+        p = self._wait(task, harness)  # type: ignore[attr-defined]
+        self._check(journal, p, n_jobs=4)
+        assert [journal.count(f"job{i}") for i in range(4)] == [1] * 4
+        # And once the task ended there is nothing to send
+        assert harness.backend.recover_task(task.id).refs == ()
