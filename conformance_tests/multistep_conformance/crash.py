@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ import pytest
 from multistep_core import Progress, Task, TaskState
 
 from . import jobs
-from .harness import DEFAULT_TIMEOUT, Harness, Journal, eventually
+from .harness import DEFAULT_TIMEOUT, Harness, Journal, eventually, group_pids
 
 LOST_MESSAGE = "lost-message hole: closed by the ticket ledger"
 N_JOBS = 6
@@ -73,6 +74,35 @@ def wait_restarting(
         time.sleep(0.1)
 
 
+def xfail_if_lost_message(exc: AssertionError, *, queue_loses: bool) -> None:
+    """Turn a :func:`wait_restarting` failure into an expected failure when it is the known
+    lost-message hole (``queue_loses``: a queue that can lose a message it handed over, RQ):
+    only refs that are ``pending`` with nothing running. Any other failure stands."""
+    text = str(exc)
+    if queue_loses and "'pending'" in text and "'running'" not in text and " running=0 " in text:
+        pytest.xfail(f"{LOST_MESSAGE}: {text[:400]}")
+
+
+def check_journal(journal: Journal, p: Progress, n_jobs: int = N_JOBS, rerun: str | None = None) -> None:
+    """Counts exact; every job (``job0``...) ran; the first finalizer (``fin0``, ``fin1``) after the
+    last job; finalizers once each (``rerun``: the one killed after its call may have run twice), in order."""
+    lines = journal.lines()
+    assert p.state == TaskState.SUCCEEDED, p
+    assert (p.total, p.succeeded, p.failed, p.pending, p.running) == (n_jobs, n_jobs, 0, 0, 0)
+    assert (p.finalizers_done, p.finalizers_total) == (len(FINS), len(FINS))
+    missing = [i for i in range(n_jobs) if f"job{i}" not in lines]
+    assert not missing, f"jobs that never ran: {missing}"
+    last_job = max(i for i, line in enumerate(lines) if line.startswith("job"))
+    firsts = [lines.index(f) for f in FINS]
+    assert firsts[0] > last_job, f"a finalizer started before the last job ended: {lines}"
+    assert firsts == sorted(firsts), f"finalizers out of order: {lines}"
+    for f in FINS:
+        if f == rerun:
+            assert 1 <= lines.count(f) <= 2, lines
+        else:
+            assert lines.count(f) == 1, f"{f} ran {lines.count(f)} times: {lines}"
+
+
 class CrashTests:
     """Mixed into :class:`~multistep_conformance.BackendTests`: one test per crash point."""
 
@@ -83,6 +113,11 @@ class CrashTests:
     crash_bound: ClassVar[float] = 40.0
     #: Crash points this backend does not survive yet: strict expected failures.
     crash_xfail: ClassVar[frozenset[str]] = frozenset()
+    #: The queue can lose a message a worker process took when that process is SIGKILLed
+    #: (RQ's intermediate queue; kombu's Redis transport between its BRPOP and its unacked
+    #: record). A crash or chaos test that ends with only such a loss (refs pending, nothing
+    #: running) is an expected failure there, until the ticket ledger re-sends lost messages.
+    queue_may_lose: ClassVar[bool] = False
 
     def _need_workers(self, harness: Harness) -> None:
         if not harness.external:
@@ -109,7 +144,12 @@ class CrashTests:
         task = build()
         eventually((markers / point).exists, timeout=DEFAULT_TIMEOUT, what=f"a worker to die at {point}")
         crashed = time.monotonic()
-        (p,) = wait_restarting(harness, [task], n, self.crash_bound, f"after a crash at {point}")
+        try:
+            (p,) = wait_restarting(harness, [task], n, self.crash_bound, f"after a crash at {point}")
+        except AssertionError as exc:
+            if point not in self.crash_xfail:
+                xfail_if_lost_message(exc, queue_loses=self.queue_may_lose)
+            raise
         record_timing(harness, "crash", point=point, seconds=round(time.monotonic() - crashed, 3))
         return task, p
 
@@ -121,23 +161,7 @@ class CrashTests:
         return task
 
     def _check(self, journal: Journal, p: Progress, n_jobs: int = N_JOBS, rerun: str | None = None) -> None:
-        """Counts exact; every job ran; the first finalizer after the last job; finalizers once
-        each (``rerun``: the one that was killed after its call may have run twice), in order."""
-        lines = journal.lines()
-        assert p.state == TaskState.SUCCEEDED, p
-        assert (p.total, p.succeeded, p.failed, p.pending, p.running) == (n_jobs, n_jobs, 0, 0, 0)
-        assert (p.finalizers_done, p.finalizers_total) == (len(FINS), len(FINS))
-        missing = [i for i in range(n_jobs) if f"job{i}" not in lines]
-        assert not missing, f"jobs that never ran: {missing}"
-        last_job = max(i for i, line in enumerate(lines) if line.startswith("job"))
-        firsts = [lines.index(f) for f in FINS]
-        assert firsts[0] > last_job, f"a finalizer started before the last job ended: {lines}"
-        assert firsts == sorted(firsts), f"finalizers out of order: {lines}"
-        for f in FINS:
-            if f == rerun:
-                assert 1 <= lines.count(f) <= 2, lines
-            else:
-                assert lines.count(f) == 1, f"{f} ran {lines.count(f)} times: {lines}"
+        check_journal(journal, p, n_jobs, rerun)
 
     # -- a worker dies ----------------------------------------------------------------
     @pytest.mark.parametrize(
@@ -232,3 +256,29 @@ class CrashTests:
         assert [journal.count(f"job{i}") for i in range(4)] == [1] * 4
         # And once the task ended there is nothing to send
         assert harness.backend.recover_task(task.id).refs == ()
+
+    # -- one process of a worker dies ---------------------------------------------------
+    def test_killing_one_worker_process_keeps_the_worker_serving(self, harness: Harness, journal: Journal) -> None:
+        self._need_workers(harness)
+        # Given one worker (its main process and the processes it runs jobs in)
+        harness.replace_workers(None, 1)
+        main = harness.procs[0]
+        eventually(lambda: len(group_pids(main.pid)) > 1, timeout=DEFAULT_TIMEOUT, what="the worker's processes")
+        time.sleep(0.5)  # a pool may start its processes one after another
+        before = set(group_pids(main.pid)) - {main.pid}
+        if not before:
+            pytest.skip("this worker runs jobs in its main process only (no process to lose alone)")
+        # When one of its job processes is SIGKILLed
+        os.kill(min(before), signal.SIGKILL)
+        # Then the worker does not exit: it starts a process in place of the dead one
+        eventually(lambda: set(group_pids(main.pid)) - {main.pid} - before, timeout=30, what="a replacement process")
+        assert main.poll() is None, f"the worker exited ({main.returncode})\n{harness.worker_logs()}"
+        # And it keeps serving: a task on this worker alone finishes
+        with harness.task() as task:
+            task.add_jobs(jobs.record, [(journal.path, f"job{i}") for i in range(6)])
+            for f in FINS:
+                task.add_finalization_job(jobs.record, journal.path, f)
+        p = self._wait(task, harness)  # type: ignore[attr-defined]
+        self._check(journal, p)
+        assert main.poll() is None
+        harness.restart_dead(self.workers)

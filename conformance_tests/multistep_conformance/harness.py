@@ -48,6 +48,22 @@ def eventually(check: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what:
         delay = min(delay * 2, 0.2)
 
 
+def group_pids(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (Linux /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(name))
+    return out
+
+
 class Journal:
     """A file jobs append lines to."""
 

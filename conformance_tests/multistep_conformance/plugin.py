@@ -29,6 +29,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="random sequences per differential test (default: $MULTISTEP_DIFFERENTIAL_EXAMPLES, else the class's "
         "examples, 40); raise it for a longer hunt",
     )
+    group.addoption(
+        "--multistep-chaos",
+        choices=("short", "long", "off"),
+        default=None,
+        help="size of the chaos test (default: $MULTISTEP_CHAOS, else short: a minute or two per backend; "
+        "long: 50 tasks x 200 jobs with kills for five minutes)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

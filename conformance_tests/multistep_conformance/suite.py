@@ -33,6 +33,7 @@ from multistep_core import (
 from multistep_core.model import JOB, Dispatch, encode_message
 
 from . import jobs
+from .chaos import ChaosTests
 from .crash import CrashTests
 from .harness import DEFAULT_TIMEOUT, Harness, Journal, eventually
 
@@ -49,7 +50,7 @@ def unregistered(path: str) -> None:
     """A plain function nobody registered."""
 
 
-class BackendTests(CrashTests):
+class BackendTests(CrashTests, ChaosTests):
     """The contract, end to end. Override ``backend_string`` (or the fixture of that name)."""
 
     backend_string: ClassVar[str | None] = None
