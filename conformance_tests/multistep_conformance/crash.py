@@ -263,8 +263,7 @@ class CrashTests:
         # Given one worker (its main process and the processes it runs jobs in)
         harness.replace_workers(None, 1)
         main = harness.procs[0]
-        eventually(lambda: len(group_pids(main.pid)) > 1, timeout=DEFAULT_TIMEOUT, what="the worker's processes")
-        time.sleep(0.5)  # a pool may start its processes one after another
+        harness.wait_ready()  # every process of the worker is up once it served a task
         before = set(group_pids(main.pid)) - {main.pid}
         if not before:
             pytest.skip("this worker runs jobs in its main process only (no process to lose alone)")
