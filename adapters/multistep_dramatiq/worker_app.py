@@ -16,6 +16,7 @@ from dramatiq.encoder import JSONEncoder
 
 from multistep_core.errors import ConfigurationError
 from multistep_core.faults import crash_point
+from multistep_core.outage import handle_through_outage
 
 from . import ACTOR_NAME, ENV_SPEC, PROCESS
 from .queue import DramatiqQueue
@@ -40,7 +41,7 @@ def run(body: Any, *_rest: Any, **_kw: Any) -> None:
     """Hand one multistep message to the runner. It records every outcome itself (failures,
     retries, refusals), so returning means "acknowledge"."""
     crash_point("message.received")
-    backend.runner.handle(body)
+    handle_through_outage(backend.runner, body)
     crash_point("message.handled")
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from multistep_core.faults import crash_point
 from multistep_core.kit import ProcessBackend
+from multistep_core.outage import handle_through_outage
 
 if TYPE_CHECKING:
     from multistep_core.backend import Backend
@@ -50,5 +51,5 @@ def run(*args: Any, **kwargs: Any) -> None:
     arguments) is passed on as a JSON text the runner refuses and records."""
     body: Any = args[0] if len(args) == 1 and not kwargs else json.dumps({"args": list(args), "kwargs": kwargs}, default=repr)
     crash_point("message.received")
-    PROCESS.get().runner.handle(body)
+    handle_through_outage(PROCESS.get().runner, body)
     crash_point("message.handled")
