@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
+from . import epoch
 from .errors import InvalidJob, InvalidTransition, TaskFailed, TaskNotFound, WaitTimeout
 from .faults import crash_point
 from .model import (
@@ -78,6 +79,7 @@ class Backend:
         # process that only reads never runs (and fails) jobs it has not registered.
         self._recover_on_send = queue.in_process and not eager
         queue.bind(self.runner)
+        epoch.watch(store)  # a Redis store: note its data set's epoch (docs/reliability.md)
 
     def __repr__(self) -> str:
         return f"<multistep Backend {self.name}>"
@@ -320,7 +322,7 @@ class Task:
     def progress(self) -> Progress:
         p = self.backend.store.progress(self.id)
         if p is None:
-            raise TaskNotFound(f"no task with id {self.id!r}")
+            raise epoch.not_found(self.backend.store, self.id)
         return p
 
     @property

@@ -25,6 +25,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from . import epoch
 from .context import JobContext, _current
 from .faults import crash_point
 from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode_refs, encode_message
@@ -273,6 +274,7 @@ class Recovery:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                epoch.check(self.backend.store)
                 self.backend.recover()
             except Exception:
                 log.exception("recovery pass failed; trying again in %.1fs", self.interval)
