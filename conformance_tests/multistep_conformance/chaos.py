@@ -82,7 +82,7 @@ class ChaosTests:
             tasks.append(task)
         # When a killer SIGKILLs a random worker process or worker group every 0.5-2 s while work remains
         kills = groups = 0
-        started = time.monotonic()
+        started = last_kill = time.monotonic()
         while time.monotonic() - started < size.seconds:
             pause_until = time.monotonic() + rng.uniform(0.5, 2.0)
             while time.monotonic() < pause_until:
@@ -104,7 +104,7 @@ class ChaosTests:
             except ProcessLookupError:
                 continue
             kills += 1
-        last_kill = time.monotonic()
+            last_kill = time.monotonic()
         # Then, once the killing stops, every task ends within the drain bound
         try:
             ps = wait_restarting(harness, tasks, n, size.drain, f"chaos (seed {seed}, {kills} kills)")
