@@ -127,11 +127,12 @@ def test_workers_go_on_after_redis_restarts_with_persistence(
     h = Harness(_urls(persistent_redis.port)[adapter], workers=2)
     try:
         journal = Journal(tmp_path)
-        task = _task(h, journal)
+        task = _task(h, journal, seconds=0.1)
         # When Redis (store and broker) is killed mid-run and comes back from its append-only file
         _mid_run(journal)
         persistent_redis.restart()
         back = time.monotonic()
+        assert not task.progress().state.terminal, "the task ended before the restart: make it longer"
         # Then the workers reconnect and the task ends, counts exact, finalizers once after the jobs
         (p,) = wait_restarting(h, [task], 2, 90, f"{adapter} after a Redis restart")
         record_timing(h, "redis-restart", adapter=adapter, seconds=round(time.monotonic() - back, 2))
@@ -223,15 +224,16 @@ def test_workers_go_on_after_rabbitmq_drops_every_connection(adapter: str, priva
                 f"&prefix={prefix}", workers=2)
     try:
         journal = Journal(tmp_path)
-        task = _task(h, journal)
+        task = _task(h, journal, n=80, seconds=0.5)  # ~10 s of work: rabbitmqctl itself takes seconds
         # When the broker closes every connection of the vhost (what its restart does to them)
-        _mid_run(journal)
+        _mid_run(journal, 4)
         out = _rabbitmqctl("close_all_connections", "-p", private_vhost, "multistep fault test")
         assert out.returncode == 0, out.stderr.decode()
         dropped = time.monotonic()
+        assert not task.progress().state.terminal, "the task ended before the drop: make it longer"
         # Then the workers reconnect and the task ends with exact counts
         (p,) = wait_restarting(h, [task], 2, 90, f"{adapter} after the broker dropped its connections")
         record_timing(h, "amqp-drop", adapter=adapter, seconds=round(time.monotonic() - dropped, 2))
-        check_journal(journal, p, N_JOBS)
+        check_journal(journal, p, 80)
     finally:
         h.stop()
