@@ -62,8 +62,8 @@ class EpochWatch:
                 self.known = self._read_or_set()
                 return True
             value = r.get(self.key)
-        except self.store._conn_errors:
-            return True  # unreachable is not lost: the caller's own call reports the outage
+        except Exception:  # unreachable (or refused) is not lost: the caller's own call reports it
+            return True
         if value == self.known:
             return True
         log.error("%s", self.message())
