@@ -57,6 +57,7 @@ class ChaosTests:
         if not harness.external:
             pytest.skip("capability: separate worker processes (this backend runs jobs in-process)")
 
+    @pytest.mark.timeout(1200)  # the long size kills for five minutes, then drains
     def test_chaos_random_kills_leave_every_task_finished(
         self, request: pytest.FixtureRequest, harness: Harness, journal: Journal
     ) -> None:

@@ -40,3 +40,5 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "conformance: a test from the multistep conformance suite")
+    if not config.pluginmanager.hasplugin("timeout"):  # the chaos test's mark, without pytest-timeout
+        config.addinivalue_line("markers", "timeout(seconds): a time limit (used when pytest-timeout is installed)")
