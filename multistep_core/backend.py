@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-from . import observe
+from . import epoch, observe
 from .errors import InvalidJob, InvalidTransition, TaskFailed, TaskNotFound, WaitTimeout
+from .faults import crash_point
 from .hints import check_retention, failure_callback_spec, refuse_main_job, wait_timeout_message
 from .model import (
     CALLBACK,
@@ -76,9 +77,11 @@ class Backend:
         observe.autoload()
         self.runner = Runner(self)
         self._recovery: Recovery | None = None
+        # An in-process backend recovers due work once this process sends work of its own: a
+        # process that only reads never runs (and fails) jobs it has not registered.
+        self._recover_on_send = queue.in_process and not eager
         queue.bind(self.runner)
-        if queue.in_process and not eager:
-            self._recovery = Recovery(self).start()
+        epoch.watch(store)  # a Redis store: note its data set's epoch (docs/reliability.md)
 
     def __repr__(self) -> str:
         return f"<multistep Backend {self.name}>"
@@ -180,19 +183,31 @@ class Backend:
     # -- plumbing --------------------------------------------------------------------
     def dispatch(self, d: Dispatch) -> None:
         """Enqueue the messages a transition asked for (tickets and follow-up refs)."""
+        if self._recover_on_send and self._recovery is None:
+            self.start_recovery()
         for part in d.parts():
             msgs = part.messages(observe.trace_members(part.task_id, self) if part.refs else "")
             for i in range(0, len(msgs), ADD_CHUNK):
                 self.queue.enqueue(part.queue, msgs[i : i + ADD_CHUNK])
+                crash_point("add_jobs.between_batches")
 
     def recover(self, now: float | None = None) -> int:
         """One recovery pass: resend what is due. Returns how many messages were sent."""
         sent = 0
         for d in self.store.claim_due(time.time() if now is None else now):
+            crash_point("recovery.claimed")
             self.dispatch(d)
             observe.recovered(self, d)
             sent += sum(len(p.refs) + len(p.tickets) for p in d.parts())
         return sent
+
+    def recover_task(self, task_id: str) -> Dispatch:
+        """Send again what ``task_id`` waits for and no worker holds (idempotent; see
+        multistep_core/resend.py). Returns what was sent. Raises TaskNotFound."""
+        d = self.store.waiting(task_id)
+        self.dispatch(d)
+        self.dispatch(self.store.release(d.queue, time.time()))  # tickets owed or presumed lost
+        return d
 
     def run_worker(self, modules: Sequence[str] = (), queues: Sequence[str] = ("default",), concurrency: int = 2) -> int:
         """Serve jobs until stopped, with a recovery thread beside the queue's worker."""
@@ -207,9 +222,17 @@ class Backend:
         finally:
             recovery.stop()
 
+    def start_recovery(self) -> None:
+        """Start this process's recovery thread now. In-process backends (``sqlite``, ``redis``,
+        ``memory``) start it when the process first sends work (adds jobs, seals, retries), so a
+        process that only reads runs no recovery; a process that should finish the tasks of a
+        dead one without adding work calls this (with the job modules imported)."""
+        if self._recovery is None:
+            self._recovery = Recovery(self).start()
+
     def stop_recovery(self) -> None:
-        """Stop this process's recovery thread (in-process backends start one). A process that
-        only inspects tasks calls this so it never picks up another process's due jobs."""
+        """Stop this process's recovery thread, and never start it again on this backend."""
+        self._recover_on_send = False
         if self._recovery is not None:
             self._recovery.stop()
             self._recovery = None
@@ -307,6 +330,7 @@ class Task:
         refuse_main_job(self.backend, specs[0])  # one function per call
         store = self.backend.store
         refs = store.add_jobs(self.id, kind, specs, time.time(), per_message)
+        crash_point("add_jobs.written")
         observe.adding(self.backend, self.id, self.queue if kind == JOB else self._queue or "", kind, refs)
         if kind == JOB:
             # The jobs wait in the store; the queue gets tickets for them, up to its window.
@@ -366,7 +390,7 @@ class Task:
             return deep_progress(self)
         p = self.backend.store.progress(self.id)
         if p is None:
-            raise TaskNotFound(f"no task with id {self.id!r}")
+            raise epoch.not_found(self.backend.store, self.id)
         return p
 
     @property

@@ -36,6 +36,11 @@ class StoreError(MultistepError, RuntimeError):
     server refused, a row it cannot decode). The message names the store and the cause."""
 
 
+class StoreLost(StoreError):
+    """The store lost its data since this process connected (a Redis server restarted without
+    persistence, or flushed): the tasks it held are gone and will not finish."""
+
+
 class InvalidTaskId(MultistepError, ValueError):
     """A task id is empty, too long or has characters outside the allowed set."""
 

@@ -29,8 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import observe
+from . import epoch, observe
 from .context import JobContext, _current
+from .faults import crash_point
 from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode
 from .registry import lookup
 
@@ -184,6 +185,8 @@ class Runner:
                 raise
             if w is not None:
                 w.end(error, d)
+            if start.run:
+                crash_point("packed.between")
             outcomes.append("failed" if error is not None else "succeeded")
         return outcomes[0] if len(set(outcomes)) == 1 else ",".join(outcomes)
 
@@ -222,6 +225,7 @@ class Runner:
 
     def _execute(self, task_id: str, ref: str, start: Start) -> tuple[str | None, Failure | None]:
         """Call the job of a started attempt; return ``(result JSON, failure)``."""
+        crash_point("started", ref)
         attempt = start.attempt
         fn_name = "?"
         try:
@@ -263,9 +267,11 @@ class Runner:
             error = replace(error, args=args_preview(spec.args, spec.kwargs))
             log.info("%s/%s attempt %d failed: %s: %s", task_id, ref, attempt, error.type, error.message,
                      extra=observe.log_extra(task_id, ref, attempt))
+        crash_point("called", ref)
         return result_text, error
 
     def dispatch(self, d: Dispatch) -> None:
+        crash_point("finished")
         pending = getattr(self._local, "pending", None)
         for part in d.parts():  # a child's end may also advance its parent (docs/nested.md)
             if (
@@ -308,6 +314,7 @@ class Recovery:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                epoch.check(self.backend.store)
                 self.backend.recover()
             except Exception:
                 log.exception("recovery pass failed; trying again in %.1fs", self.interval)

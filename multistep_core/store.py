@@ -206,6 +206,13 @@ class Store(ABC):
         states = self.job_states(task_id)
         return {r: JobDetail(r, states[r]) for r in clip(refs) if r in states}
 
+    def waiting(self, task_id: str) -> Dispatch:
+        """The refs the task waits for that no worker holds (``multistep recover``); built
+        from :meth:`progress` and :meth:`job_states` (multistep_core/resend.py)."""
+        from .resend import waiting_refs
+
+        return waiting_refs(self, task_id)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

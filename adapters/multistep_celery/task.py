@@ -15,6 +15,7 @@ from typing import Any
 
 from multistep_core.backend import Backend
 from multistep_core.errors import ConfigurationError
+from multistep_core.faults import crash_point
 from multistep_core.kit import ProcessBackend
 from multistep_core.options import split_options
 
@@ -92,8 +93,10 @@ def run(*args: Any, **kwargs: Any) -> None:
         body: Any = args[0]
     else:
         body = json.dumps({"args": list(args), "kwargs": kwargs}, default=repr)
+    crash_point("message.received")
     try:
         get_backend().runner.handle(body)
+        crash_point("message.handled")
     except Exception as exc:
         # Only infrastructure fails here (the store or the broker unreachable): the runner
         # records every job's own failure. Put the message back instead of dropping it (a

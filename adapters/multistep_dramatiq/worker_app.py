@@ -15,6 +15,8 @@ import dramatiq
 from dramatiq.encoder import JSONEncoder
 
 from multistep_core.errors import ConfigurationError
+from multistep_core.faults import crash_point
+from multistep_core.outage import handle_through_outage
 
 from . import ACTOR_NAME, ENV_SPEC, PROCESS
 from .queue import DramatiqQueue
@@ -38,7 +40,9 @@ queues: list[str] = list(_spec.get("queues") or [queue.dq("default")])
 def run(body: Any, *_rest: Any, **_kw: Any) -> None:
     """Hand one multistep message to the runner. It records every outcome itself (failures,
     retries, refusals), so returning means "acknowledge"."""
-    backend.runner.handle(body)
+    crash_point("message.received")
+    handle_through_outage(backend.runner, body)
+    crash_point("message.handled")
 
 
 actor = dramatiq.actor(

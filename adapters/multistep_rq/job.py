@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from multistep_core.faults import crash_point
 from multistep_core.kit import ProcessBackend
+from multistep_core.outage import handle_through_outage
 
 if TYPE_CHECKING:
     from multistep_core.backend import Backend
@@ -48,4 +50,6 @@ def run(*args: Any, **kwargs: Any) -> None:
     Anything but exactly one positional argument (an RQ job made by hand with other
     arguments) is passed on as a JSON text the runner refuses and records."""
     body: Any = args[0] if len(args) == 1 and not kwargs else json.dumps({"args": list(args), "kwargs": kwargs}, default=repr)
-    PROCESS.get().runner.handle(body)
+    crash_point("message.received")
+    handle_through_outage(PROCESS.get().runner, body)
+    crash_point("message.handled")

@@ -6,6 +6,7 @@ through the store (what was recorded), never only through the API under test.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -62,6 +63,22 @@ def _ancestors(pid: int) -> set[int]:
     return out
 
 
+def group_pids(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (Linux /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(name))
+    return out
+
+
 class Journal:
     """A file jobs append lines to."""
 
@@ -101,6 +118,7 @@ class Harness:
         self.separate = self.external and isinstance(self.backend.queue, SupportsWorkers)
         self.logdir = Path(tempfile.mkdtemp(prefix="msconf-workers-"))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._serial = itertools.count()
         if self.external:
             if isinstance(self.backend.queue, SupportsPurge):
                 self.backend.queue.purge(self.queue)
@@ -124,13 +142,14 @@ class Harness:
         return ""
 
     # -- workers ---------------------------------------------------------------------
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"worker-{len(self.procs)}.log", "wb")
+    def start_worker(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start one more worker; ``env``: extra environment (a crash point to arm)."""
+        log = open(self.logdir / f"worker-{next(self._serial)}.log", "wb")
         cmd = [
             sys.executable, "-m", "multistep_core", "--backend", self.worker_url, "worker", jobs.__name__,
             "-q", self.queue, "-c", str(self.concurrency),
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.procs.append(proc)
         return proc
@@ -186,7 +205,28 @@ class Harness:
                 p.wait(timeout=10)
         self.procs = [p for p in self.procs if p.pid != pgid]
 
+    def replace_workers(self, env: dict[str, str] | None = None, n: int | None = None) -> None:
+        """Stop every worker (SIGTERM, as an operator would) and start ``n`` (default: as many)
+        new ones with ``env`` added to their environment."""
+        n = len(self.procs) if n is None else n
+        self.stop_workers()
+        for _ in range(n):
+            self.start_worker(env)
+
+    def restart_dead(self, n: int, env: dict[str, str] | None = None) -> int:
+        """Forget the workers that exited and start new ones until ``n`` run; returns how many started."""
+        self.procs = [p for p in self.procs if p.poll() is None]
+        started = 0
+        while len(self.procs) < n:
+            self.start_worker(env)
+            started += 1
+        return started
+
     def stop(self) -> None:
+        self.stop_workers()
+        self.backend.close()
+
+    def stop_workers(self) -> None:
         for p in self.procs:
             if p.poll() is None:
                 try:
@@ -204,7 +244,6 @@ class Harness:
                     pass
                 p.wait(timeout=10)
         self.procs = []
-        self.backend.close()
 
     # -- tasks -----------------------------------------------------------------------
     def task(self, task_id: str | None = None, **options: Any) -> Task:

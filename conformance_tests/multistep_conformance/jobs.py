@@ -45,6 +45,16 @@ def record(path: str, label: str, seconds: float = 0.0) -> None:
     note(path, label)
 
 
+@job(name="conformance.record_run")
+def record_run(path: str, label: str, seconds: float = 0.0) -> None:
+    """Note ``<label>:run`` when called, then (after ``seconds``) ``label``: a journal of every
+    execution, also of those a killed worker never finished."""
+    note(path, f"{label}:run")
+    if seconds:
+        time.sleep(seconds)
+    note(path, label)
+
+
 @job(name="conformance.square")
 def square(path: str, n: int) -> int:
     note(path, f"sq{n}")

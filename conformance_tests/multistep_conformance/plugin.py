@@ -29,7 +29,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="random sequences per differential test (default: $MULTISTEP_DIFFERENTIAL_EXAMPLES, else the class's "
         "examples, 40); raise it for a longer hunt",
     )
+    group.addoption(
+        "--multistep-chaos",
+        choices=("short", "long", "off"),
+        default=None,
+        help="size of the chaos test (default: $MULTISTEP_CHAOS, else short: a minute or two per backend; "
+        "long: 50 tasks x 200 jobs with kills for five minutes)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "conformance: a test from the multistep conformance suite")
+    if not config.pluginmanager.hasplugin("timeout"):  # the chaos test's mark, without pytest-timeout
+        config.addinivalue_line("markers", "timeout(seconds): a time limit (used when pytest-timeout is installed)")

@@ -35,6 +35,8 @@ from multistep_core import (
 from multistep_core.model import JOB, encode_message, encode_ticket
 
 from . import jobs
+from .chaos import ChaosTests
+from .crash import CrashTests
 from .fair_suite import FairShareTests
 from .harness import DEFAULT_TIMEOUT, Harness, Journal, eventually
 from .nested_suite import NestedTests
@@ -53,7 +55,7 @@ def unregistered(path: str) -> None:
     """A plain function nobody registered."""
 
 
-class BackendTests(FairShareTests, NestedTests):
+class BackendTests(FairShareTests, NestedTests, CrashTests, ChaosTests):
     """The contract, end to end. Override ``backend_string`` (or the fixture of that name)."""
 
     backend_string: ClassVar[str | None] = None

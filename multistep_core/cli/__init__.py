@@ -44,6 +44,11 @@ from .metrics import metrics as _metrics  # noqa: E402
 
 cli.add_command(_metrics)
 
+# recover: send again what a task waits for (multistep_core/cli/recover.py)
+from .recover import recover as _recover  # noqa: E402
+
+cli.add_command(_recover)
+
 # db: the PostgreSQL store's schema (multistep_core/postgres/commands.py)
 from ..postgres.commands import db as _db  # noqa: E402
 
