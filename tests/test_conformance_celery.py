@@ -27,13 +27,11 @@ class TestCeleryRedis(BackendTests):
     backend_string = REDIS
     # kombu's Redis transport loses a message its consumer process took (BRPOP) when that process is
     # SIGKILLed before it recorded the message as unacked (a whole-worker kill: chaos, threads pool).
-    queue_may_lose = True
 
 
 @pytest.mark.usefixtures("redis_service")
 class TestCeleryRedisThreadsPool(BackendTests):
     backend_string = REDIS + "?pool=threads&prefix=msthreads"
-    queue_may_lose = True
 
 
 @pytest.mark.usefixtures("redis_service", "rabbitmq_service")

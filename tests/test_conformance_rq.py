@@ -23,14 +23,10 @@ class TestRQStore(StoreTests):
 @pytest.mark.usefixtures("redis_service")
 class TestRQ(BackendTests):
     backend_string = RQ
-    # RQ never redelivers a message its worker took: a worker killed before the runner's first
-    # store call loses the job (issue 10; closed by the lead's ticket ledger).
-    crash_xfail = frozenset({"message.received"})
-    queue_may_lose = True
+    # RQ never redelivers a message its worker took; a worker killed before the runner's first
+    # store call loses that ticket, and the ticket ledger sends it again (docs/fairness.md).
 
 
 @pytest.mark.usefixtures("redis_service")
 class TestRQForkingWorker(BackendTests):
     backend_string = RQ + "?worker_class=fork"
-    crash_xfail = frozenset({"message.received"})
-    queue_may_lose = True

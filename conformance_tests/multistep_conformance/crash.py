@@ -217,7 +217,6 @@ class CrashTests:
         task.seal()
         return task
 
-    @pytest.mark.xfail(strict=True, reason=LOST_MESSAGE)
     def test_crash_in_add_jobs_between_store_write_and_enqueue(self, harness: Harness, journal: Journal) -> None:
         # Given a client killed after add_jobs wrote its jobs to the store and before it enqueued them
         task = self._client_crash(harness, journal, "add_jobs.written", 4, 4)
