@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import hooks
@@ -190,23 +191,29 @@ _queues: OrderedDict[str, str] = OrderedDict()
 _queues_lock = threading.Lock()
 
 
-def queue_of(backend: Backend, task_id: str) -> str:
-    """The task's queue: one store read per task per process, then a bounded cache."""
+def _task_fact(cache: OrderedDict[str, str], backend: Backend, task_id: str, fact: Callable[[Any], str],
+               missing: str) -> str:
+    """One fact of a task's options: one store read per task per process, then a bounded cache."""
     with _queues_lock:
-        q = _queues.get(task_id)
-        if q is not None:
-            _queues.move_to_end(task_id)
-            return q
+        v = cache.get(task_id)
+        if v is not None:
+            cache.move_to_end(task_id)
+            return v
     try:
         p = backend.store.progress(task_id)
     except Exception:
         p = None
-    q = p.options.queue if p is not None else "unknown"
+    v = fact(p.options) if p is not None else missing
     with _queues_lock:
-        _queues[task_id] = q
-        while len(_queues) > 4096:
-            _queues.popitem(last=False)
-    return q
+        cache[task_id] = v
+        while len(cache) > 4096:
+            cache.popitem(last=False)
+    return v
+
+
+def queue_of(backend: Backend, task_id: str) -> str:
+    """The task's queue (read once per task per process)."""
+    return _task_fact(_queues, backend, task_id, lambda o: o.queue, "unknown")
 
 
 def note_queue(task_id: str, queue: str) -> None:
@@ -340,21 +347,9 @@ def job_message(backend: Backend, task_id: str, ref: str) -> str:
 
 
 def task_trace(backend: Backend, task_id: str) -> str:
-    """The traceparent of the task's create span (``TaskOptions.trace``), or "": one store read
-    per task per process, then a bounded cache."""
-    with _queues_lock:
-        tp = _traces.get(task_id)
-    if tp is None:
-        try:
-            p = backend.store.progress(task_id)
-        except Exception:
-            p = None
-        tp = p.options.trace if p is not None else ""
-        with _queues_lock:
-            _traces[task_id] = tp
-            while len(_traces) > 4096:
-                _traces.popitem(last=False)
-    return tp
+    """The traceparent of the task's create span (``TaskOptions.trace``), or "" (read once per
+    task per process)."""
+    return _task_fact(_traces, backend, task_id, lambda o: o.trace, "")
 
 
 def inline_message(task_id: str, ref: str) -> str:

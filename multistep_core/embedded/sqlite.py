@@ -13,11 +13,11 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..fairshare import DEFAULT_WINDOW, QueueRow
+from ..forking import forget_connections_in_children
 from ..listing import TaskPage, TaskQuery, like_pattern
 from ..model import JobState, Rejected, TaskOptions, TaskState
 from ..nesting import delete_tree
@@ -260,15 +260,7 @@ class SQLiteStore(RowStore):
         self.max_rejected = max_rejected
         self._local = threading.local()
         self._inherited: list[threading.local] = []
-        if hasattr(os, "register_at_fork"):  # a forked child (RQ's work horse) opens its own connections
-            ref = weakref.ref(self)
-
-            def after_fork_in_child() -> None:
-                store = ref()
-                if store is not None:
-                    store._forget_connections()
-
-            os.register_at_fork(after_in_child=after_fork_in_child)
+        forget_connections_in_children(self)  # a forked child (RQ's work horse) opens its own
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -31,6 +30,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from ..errors import BackendConnectionError, ConfigurationError, StoreError, TaskExists
+from ..forking import forget_connections_in_children
 from ..model import Dispatch, Failure, Progress, Rejected, Start, TaskState
 from ..options import redact_url
 from ..store import DEFAULT_LEASE, RowStore, Txn
@@ -80,15 +80,7 @@ class PostgresStore(RowStore):
         self._conns: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()  # every open one, for close()
         self._inherited: list[Any] = []
         self._listener: Any = None
-        if hasattr(os, "register_at_fork"):  # a forked child (RQ's work horse) opens its own connections
-            ref = weakref.ref(self)
-
-            def after_fork_in_child() -> None:
-                store = ref()
-                if store is not None:
-                    store._forget_connections()
-
-            os.register_at_fork(after_in_child=after_fork_in_child)
+        forget_connections_in_children(self)  # a forked child (RQ's work horse) opens its own
         conn = self._conn()  # reachable now, or a clear error now
         self._check_schema(conn, upgrade)
 
