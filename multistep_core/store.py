@@ -1,4 +1,4 @@
-"""The store protocol: task state and its atomic transitions.
+"""The reference store: task state as rows, and every transition's logic, once.
 
 A store keeps every task's state and moves it from one state to the next, one atomic
 call per transition. It decides; it never runs code and never talks to a queue: each
@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
-from typing import Any, Protocol, runtime_checkable
 
 from . import nesting
 from .errors import InvalidJob, InvalidTransition, TaskExists, TaskNotFound
 from .fairshare import DEFAULT_WINDOW, TICKET_TIMEOUT_LEASES, QueueRow
 from .history import failure_history, retried_failure, retry_refused, with_history
-from .listing import JobDetail, TaskPage, TaskQuery, clip, page_of
+from .listing import TaskPage, TaskQuery, page_of
 from .model import (
     CALLBACK,
     FINALIZER,
@@ -40,7 +37,6 @@ from .model import (
     Failure,
     JobState,
     Policy,
-    Progress,
     Rejected,
     Start,
     TaskOptions,
@@ -48,187 +44,14 @@ from .model import (
     parse_ref,
     retries_value,
 )
+from .protocol import DEFAULT_LEASE as DEFAULT_LEASE
+from .protocol import Store as Store
+from .protocol import SupportsWaitChanged as SupportsWaitChanged
+from .row_reads import RowReads
 from .rows import JobRow as JobRow
 from .rows import TaskRow as TaskRow
 
-DEFAULT_LEASE = 30.0
 DONE_JOB_STATES = (JobState.SUCCEEDED, JobState.FAILED)
-
-
-class Store(ABC):
-    """Task state with atomic transitions. Every method is one transition or one read.
-
-    ``lease`` is how long (seconds) a started job may go without a heartbeat before its
-    worker is presumed dead and the job is handed out again; it is also the grace period
-    after which a follow-up message (next finalizer, retry, callback) that was never
-    started is sent again.
-    """
-
-    lease: float = DEFAULT_LEASE
-    #: tickets per queue in the broker, at most (docs/fairness.md)
-    window: int = DEFAULT_WINDOW
-
-    # -- writing ---------------------------------------------------------------------
-    @abstractmethod
-    def create_task(self, task_id: str, options: TaskOptions, now: float) -> None:
-        """Create an open task. Raise :class:`TaskExists` if the id is taken."""
-
-    @abstractmethod
-    def add_jobs(
-        self, task_id: str, kind: str, specs: Sequence[str], now: float, per_message: int = 1
-    ) -> list[str]:
-        """Append jobs (``kind="j"``) or finalizers (``"f"``), or set the failure callback
-        (``"x"``, one spec). Return the new refs. Jobs wait for tickets of the task's queue
-        (:meth:`release` issues them); ``per_message`` > 1 lets a worker run up to that many
-        of the task's jobs on one ticket (the task keeps the largest asked for). Raise
-        :class:`InvalidTransition` once the task has left ``running``."""
-
-    @abstractmethod
-    def seal(self, task_id: str, now: float) -> Dispatch:
-        """open → running; finalize at once if every job has already ended."""
-
-    @abstractmethod
-    def start(self, task_id: str, ref: str, now: float) -> Start:
-        """Claim the delivery of one ref (a finalizer, the failure callback, or a job named by
-        its ref rather than by a ticket): say whether it may run and, if so, take a lease."""
-
-    @abstractmethod
-    def renew(self, task_id: str, ref: str, attempt: int, now: float) -> bool:
-        """Extend the lease of a running attempt. False if the attempt is no longer current."""
-
-    @abstractmethod
-    def finish(
-        self,
-        task_id: str,
-        ref: str,
-        attempt: int,
-        now: float,
-        *,
-        result: str | None = None,
-        error: Failure | None = None,
-    ) -> Dispatch:
-        """Record one attempt's outcome (``error`` None means success; ``result`` is JSON
-        text) and decide what comes next. A job that already ended is left alone."""
-
-    @abstractmethod
-    def take(self, queue: str, ticket: int, now: float) -> Start:
-        """A worker presents ``ticket`` of ``queue``: consume it and start the next job of the
-        fairest task (docs/fairness.md), taking a lease on it. ``Start.task_id``/``ref`` say
-        which job; ``run`` is False (with the reason) for an unknown ticket (taken already, a
-        duplicate delivery) or when no job may start now."""
-
-    @abstractmethod
-    def take_next(
-        self,
-        task_id: str,
-        ref: str,
-        attempt: int,
-        now: float,
-        *,
-        result: str | None = None,
-        error: Failure | None = None,
-    ) -> tuple[Dispatch, Start]:
-        """:meth:`finish` of ``ref``, then start the next waiting job of the same task if its
-        cap allows (a worker running a task's jobs ``per_message`` at a time); one round trip
-        on a store that can."""
-
-    @abstractmethod
-    def release(self, queue: str, now: float) -> Dispatch:
-        """Issue the tickets ``queue`` is owed (one per waiting job, up to the window) and
-        send again the tickets presumed lost. Called after :meth:`add_jobs` and by
-        recovery; idempotent."""
-
-    @abstractmethod
-    def cancel(self, task_id: str, by: str, now: float) -> bool:
-        """Cancel a task that has not succeeded. False if it was already over."""
-
-    def cancel_and_dispatch(self, task_id: str, by: str, now: float) -> tuple[bool, Dispatch]:
-        """:meth:`cancel`, and what it asks to send: cancelling a subtask ends its step in the
-        parent, which may start the parent's finalizers (docs/nested.md). A store that returns
-        nothing here leaves those to recovery (they are registered with a grace period)."""
-        return self.cancel(task_id, by, now), NOTHING
-
-    def add_subtask(self, parent_id: str, child_id: str, options: TaskOptions, on_failure: str, now: float) -> str:
-        """Create ``child_id`` as one step of ``parent_id`` (docs/nested.md); return that step's
-        ref in the parent. Raise :class:`InvalidTransition` once the parent has left running."""
-        raise NotImplementedError(f"{type(self).__name__} does not support nested tasks")
-
-    def tree(self, task_id: str) -> Any:
-        """The task and its subtasks, to any depth (a :class:`~multistep_core.nesting.TaskTree`),
-        or None if there is no such task."""
-        raise NotImplementedError(f"{type(self).__name__} does not support nested tasks")
-
-    @abstractmethod
-    def retry(self, task_id: str, now: float) -> Dispatch:
-        """failed → running (or finalizing): reset the failed jobs and resend them."""
-
-    @abstractmethod
-    def claim_due(self, now: float, limit: int = 1000) -> list[Dispatch]:
-        """Recovery: hand out again what is due (expired leases, retries whose backoff has
-        passed, follow-ups never started, tickets presumed lost). Each returned ref is claimed
-        for one lease; jobs go back in line for a ticket."""
-
-    @abstractmethod
-    def delete(self, task_id: str) -> bool:
-        """Remove a task and everything it recorded."""
-
-    @abstractmethod
-    def reject(self, raw: str, reason: str, now: float) -> None:
-        """Keep a refused message and the reason, so nothing is lost silently."""
-
-    # -- reading ---------------------------------------------------------------------
-    @abstractmethod
-    def progress(self, task_id: str) -> Progress | None: ...
-
-    @abstractmethod
-    def failures(self, task_id: str) -> list[Failure]: ...
-
-    @abstractmethod
-    def results(self, task_id: str) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def list_tasks(self, state: TaskState | None = None, limit: int = 1000) -> list[Progress]: ...
-
-    @abstractmethod
-    def rejected(self, limit: int = 100) -> list[Rejected]: ...
-
-    def job_states(self, task_id: str) -> dict[str, str]:
-        """Every ref of the task and its job state (for inspection and tests)."""
-        raise NotImplementedError
-
-    def page_tasks(self, query: TaskQuery) -> TaskPage:
-        """One page of tasks (:mod:`.listing`). This default reads every task through
-        :meth:`list_tasks`; a store overrides it with a read of the page alone."""
-        return page_of(query, self.list_tasks(query.state, 2**62))
-
-    def job_details(self, task_id: str, refs: Sequence[str]) -> dict[str, JobDetail]:
-        """State and spec of the named jobs of a task (refs it does not have are left out)."""
-        states = self.job_states(task_id)
-        return {r: JobDetail(r, states[r]) for r in clip(refs) if r in states}
-
-    def waiting(self, task_id: str) -> Dispatch:
-        """The refs the task waits for that no worker holds (``multistep recover``); built
-        from :meth:`progress` and :meth:`job_states` (multistep_core/resend.py)."""
-        from .resend import waiting_refs
-
-        return waiting_refs(self, task_id)
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
-
-
-@runtime_checkable
-class SupportsWaitChanged(Protocol):
-    """A store that can tell a waiter when a task ends (PostgreSQL's LISTEN/NOTIFY), so that
-    ``Task.wait`` sleeps instead of polling."""
-
-    def wait_changed(self, task_id: str, timeout: float) -> None:
-        """Return when the task may have ended, or after ``timeout`` seconds."""
-
-
-# ---------------------------------------------------------------------------------------
-# RowStore: the reference logic over row primitives
-# ---------------------------------------------------------------------------------------
 
 
 class Txn(ABC):
@@ -339,7 +162,7 @@ class _Queues:
             self.tx.put_queue(q)
 
 
-class RowStore(Store):
+class RowStore(RowReads, Store):
     """A store built from row primitives; all lifecycle logic lives here, once."""
 
     def __init__(self, *, lease: float = DEFAULT_LEASE, window: int = DEFAULT_WINDOW) -> None:
@@ -941,57 +764,6 @@ class RowStore(Store):
         with self.transaction() as tx:
             tx.add_rejected(Rejected(raw=raw[:4096], reason=reason, at=now))
 
-    # -- reads -----------------------------------------------------------------------
-    def progress(self, task_id: str) -> Progress | None:
-        with self.transaction() as tx:
-            row = tx.get_task(task_id)
-            if row is None or (row.expires_at is not None and row.expires_at <= time.time()):
-                return None
-            return replace(row).progress()
-
-    def failures(self, task_id: str) -> list[Failure]:
-        with self.transaction() as tx:
-            rows = tx.jobs(task_id, [JobState.FAILED, JobState.SUCCEEDED])
-        out = [Failure.from_dict(r.error) if r.state == JobState.FAILED else replace(Failure.from_dict(r.error), resolved=True)
-               for r in rows if r.error]
-        out.sort(key=lambda f: (f.ref[0] != "j", f.ref[0], int(f.ref[1:])))
-        return out
-
-    def results(self, task_id: str) -> dict[str, Any]:
-        with self.transaction() as tx:
-            return nesting.results_in(self, tx, task_id)
-
-    def list_tasks(self, state: TaskState | None = None, limit: int = 1000) -> list[Progress]:
-        now = time.time()
-        with self.transaction() as tx:
-            rows = tx.tasks(state, limit)
-        return [r.progress() for r in rows if r.expires_at is None or r.expires_at > now]
-
-    def rejected(self, limit: int = 100) -> list[Rejected]:
-        with self.transaction() as tx:
-            return tx.list_rejected(limit)
-
-    def job_states(self, task_id: str) -> dict[str, str]:
-        with self.transaction() as tx:
-            return {r.ref: r.state.value for r in tx.jobs(task_id)}
-
-    def page_tasks(self, query: TaskQuery) -> TaskPage:
-        with self.transaction() as tx:
-            return tx.page(query, time.time())
-
-    def job_details(self, task_id: str, refs: Sequence[str]) -> dict[str, JobDetail]:
-        with self.transaction() as tx:
-            rows = [tx.get_job(task_id, ref) for ref in clip(refs)]
-            return {r.ref: JobDetail(r.ref, r.state.value, r.spec, r.attempt) for r in rows if r is not None}
     def add_subtask(self, parent_id: str, child_id: str, options: TaskOptions, on_failure: str, now: float) -> str:
         with self._txq() as (tx, qs):
             return nesting.add_subtask(self, tx, qs, parent_id, child_id, options, on_failure, now)
-
-    def tree(self, task_id: str) -> nesting.TaskTree | None:
-        with self.transaction() as tx:
-            return nesting.tree_in(tx, task_id)
-
-    def queue_state(self, queue: str) -> QueueRow | None:
-        """The scheduling row of ``queue`` (for inspection: ``multistep show``, tests)."""
-        with self.transaction() as tx:
-            return tx.get_queue(queue)
