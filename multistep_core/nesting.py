@@ -112,6 +112,7 @@ def _end_slot(store: RowStore, tx: Txn, qs: _Queues, child: TaskRow, now: float)
         slot.error = None
         tx.put_job(parent.id, slot)
         parent.succeeded += 1
+        _drop_walk(store, qs, parent)
         d = store._advance(tx, qs, parent, now)
     else:
         slot.state = JobState.FAILED
@@ -120,13 +121,27 @@ def _end_slot(store: RowStore, tx: Txn, qs: _Queues, child: TaskRow, now: float)
         if on_failure == OnFailure.CONTINUE:
             parent.failed += 1
             parent.tolerated += 1
+            _drop_walk(store, qs, parent)
             d = store._advance(tx, qs, parent, now)
         else:
+            parent.failed += 1
+            _drop_walk(store, qs, parent)
+            parent.failed -= 1  # (_ended_for_good counts it)
             d = store._ended_for_good(tx, qs, parent, JOB, now)
     tx.put_task(parent)
     if tickets:
         d = Dispatch(parent.id, parent.options.queue, d.refs, d.tickets + tickets, d.also)
     return d
+
+
+def _drop_walk(store: RowStore, qs: _Queues, parent: TaskRow) -> None:
+    """Every step of ``parent`` has ended but the line never walked over some slots (they count
+    as waiting until it does): take them out of the line now, or they would stay counted."""
+    if parent.state in (TaskState.OPEN, TaskState.RUNNING) and parent.succeeded + parent.failed >= parent.total:
+        if parent.waiting > 0:
+            store._unschedule(qs, parent)
+            parent.next_job = parent.total
+            parent.requeue.clear()
 
 
 def _failure(child: TaskRow, slot: JobRow, now: float) -> Failure:

@@ -70,7 +70,7 @@ class NestedStoreTests:
     def test_the_slot_never_starts_and_recovery_never_touches_it(self, store: Store) -> None:
         parent, _kids = self._tree(store, jobs=0)
         assert store.start(parent, "j0", time.time()).run is False
-        later = time.time() + 3600
+        later = time.time() + 1.0  # (not far ahead: the store may be shared with other tests)
         for d in store.claim_due(later):
             assert "j0" not in _refs(d, parent)
         assert store.job_states(parent)["j0"] == "running"

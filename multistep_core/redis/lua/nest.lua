@@ -23,6 +23,15 @@ end
 
 local function pyrepr(s) return "'" .. s .. "'" end  -- a task id's repr (ids hold no quotes)
 
+-- every step ended but the line never walked over some slots: take them out of it (_drop_walk)
+local function drop_walk(extra)
+  if is_live() and T.succeeded + T.failed + extra >= T.total and task_waiting() > 0 then
+    unschedule()
+    tset('next', T.total)
+    redis.call('DEL', KLINE)
+  end
+end
+
 -- end the step of child `c` (a snapshot of its meta) in the bound parent: RowStore's _end_slot
 local function end_slot(cid, c)
   local ref = c.pref
@@ -41,6 +50,7 @@ local function end_slot(cid, c)
     clear_due(ref)
     R[ref] = {st = 's', a = r.a, f = r.f, l = r.l}
     tset('succeeded', T.succeeded + 1)
+    drop_walk(0)
     d = advance()
   else
     local kindname, why
@@ -60,8 +70,10 @@ local function end_slot(cid, c)
     if mode == 'continue' then
       tset('failed', T.failed + 1)
       tset('tolerated', (T.tolerated or 0) + 1)
+      drop_walk(0)
       d = advance()
     else
+      drop_walk(1)
       d = ended_for_good('j')
     end
   end
