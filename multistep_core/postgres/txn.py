@@ -188,10 +188,13 @@ class Sql:
         self.queue_names = f"SELECT name FROM {p}_queues WHERE data <> '' ORDER BY name"
         # Retention: only ended tasks have an expiry, and a task some transaction holds is left
         # for the next pass: the delete never waits for (nor blocks) a running task.
+        # A subtask never expires alone: it goes with its tree's root (its "root" is in ``more``).
         self.purge = (
             f"WITH gone AS (DELETE FROM {p}_tasks WHERE id IN (SELECT id FROM {p}_tasks "
-            f"WHERE expires_at IS NOT NULL AND expires_at <= %s LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id) "
-            f"DELETE FROM {p}_jobs WHERE task_id IN (SELECT id FROM gone)"
+            f"WHERE expires_at IS NOT NULL AND expires_at <= %s LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id), "
+            f"kids AS (DELETE FROM {p}_tasks WHERE more IS NOT NULL AND more LIKE '%%\"root\"%%' "
+            f"AND (more::jsonb ->> 'root') IN (SELECT id FROM gone) RETURNING id) "
+            f"DELETE FROM {p}_jobs WHERE task_id IN (SELECT id FROM gone UNION ALL SELECT id FROM kids)"
         )
 
 

@@ -35,7 +35,10 @@ from typing import Any
 
 from multistep_core import Backend, Queue, RowStore, kit
 from multistep_core.errors import ConfigurationError
+from multistep_core.fairshare import QueueRow
+from multistep_core.faults import crash_point
 from multistep_core.model import JobState, Rejected, TaskState
+from multistep_core.nesting import delete_tree
 from multistep_core.runner import Runner
 from multistep_core.store import JobRow, TaskRow, Txn
 
@@ -93,7 +96,9 @@ class SpoolQueue(Queue):
 
         def run(claimed: Path) -> None:
             try:
+                crash_point("message.received")  # the crash tests' points on a queue's own path
                 runner.handle(claimed.read_text("utf-8"))
+                crash_point("message.handled")
             finally:
                 claimed.unlink(missing_ok=True)  # acknowledged
                 slots.release()
@@ -180,7 +185,16 @@ class _DictTxn(Txn):
 
     def purge_expired(self, now: float) -> None:
         for tid in [t.id for t in self.s.tasks_by_id.values() if t.expires_at is not None and t.expires_at <= now]:
-            self.delete_task(tid)
+            delete_tree(self, tid)  # a subtask never expires alone: it goes with its root
+
+    def get_queue(self, name: str) -> QueueRow | None:
+        return self.s.queue_rows.get(name)
+
+    def put_queue(self, row: QueueRow) -> None:
+        self.s.queue_rows[row.name] = row
+
+    def queues(self) -> list[str]:
+        return list(self.s.queue_rows)
 
 
 class DictStore(RowStore):
@@ -192,6 +206,7 @@ class DictStore(RowStore):
         self.tasks_by_id: dict[str, TaskRow] = {}
         self.jobs_by_task: dict[str, dict[str, JobRow]] = {}
         self.rejected_items: list[Rejected] = []
+        self.queue_rows: dict[str, QueueRow] = {}  # fair share: one scheduling row per queue
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Txn]:
