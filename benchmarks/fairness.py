@@ -54,7 +54,7 @@ def backend_url(queue: str, redis: str, amqp: str, prefix: str) -> str:
         "celery-redis": f"celery+{redis}?prefix={prefix}",
         "celery-amqp": f"celery+{amqp}?{store}",
         "dramatiq-redis": f"dramatiq+{redis}?prefix={prefix}",
-        "dramatiq-amqp": f"dramatiq+{amqp}?{store}",
+        "dramatiq-amqp": f"dramatiq+{amqp.rstrip('/')}/?{store}",  # pika: "/" is the default vhost
     }[queue]
 
 
