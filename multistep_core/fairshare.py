@@ -35,8 +35,10 @@ from typing import Any
 DEFAULT_WINDOW = 64
 #: A ticket not taken within this many leases is presumed lost and sent again.
 TICKET_TIMEOUT_LEASES = 2.0
-#: Re-sends of one ticket back off exponentially, up to this many timeouts apart.
-MAX_TICKET_BACKOFF = 64
+#: Re-sends of one ticket back off exponentially, up to this many timeouts apart (so a queue
+#: with no workers does not fill the broker with copies, yet a ticket lost again and again while
+#: workers churn is back within 4 timeouts once they are up: the window waits for no longer).
+MAX_TICKET_BACKOFF = 4
 
 
 def solo_group(task_id: str) -> str:

@@ -30,7 +30,7 @@ local LEASE = tonumber(ARGV[2])
 local PFX = ARGV[3]
 local WINDOW = tonumber(ARGV[4])
 local TICKET_TIMEOUT = LEASE * 2.0  -- fairshare.TICKET_TIMEOUT_LEASES
-local MAX_TICKET_BACKOFF = 64
+local MAX_TICKET_BACKOFF = 4
 local KDUEIDX = PFX .. ':due-tasks'
 local KQUEUES = PFX .. ':queues'
 local function fmt(x) return string.format('%.17g', x) end
