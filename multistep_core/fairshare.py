@@ -39,6 +39,12 @@ TICKET_TIMEOUT_LEASES = 2.0
 #: with no workers does not fill the broker with copies, yet a ticket lost again and again while
 #: workers churn is back within 4 timeouts once they are up: the window waits for no longer).
 MAX_TICKET_BACKOFF = 4
+#: The window is refilled when the tickets held (in the broker or parked) fall to this share of
+#: it. While they are above it no ticket is sent: a worker finishing a job of a deep backlog finds
+#: the broker still holding at least half a window, so nobody waits, and the tickets of the
+#: refill go out in one send. A short backlog (half a window or less) is topped up at once as
+#: before, so a few waiting jobs never wait for a refill.
+REFILL_AT = 0.5
 
 
 def solo_group(task_id: str) -> str:
@@ -101,8 +107,13 @@ class QueueRow:
 
     def top_up(self, window: int, now: float) -> tuple[int, ...]:
         """Issue tickets until the broker holds one per waiting job, at most ``window``
-        (parked tickets count as held: they come back when a running job ends)."""
-        return self.issue(min(window, self.waiting) - len(self.tickets) - self.parked, now)
+        (parked tickets count as held: they come back when a running job ends), once it holds
+        half the window or less: a deep backlog is refilled in batches of half a window, one
+        send per ``window // 2`` finished jobs instead of one per job (:data:`REFILL_AT`)."""
+        held = len(self.tickets) + self.parked
+        if held > window * REFILL_AT:
+            return ()
+        return self.issue(min(window, self.waiting) - held, now)
 
     def unpark(self, now: float) -> tuple[int, ...]:
         """A running job ended: a ticket parked on capped work may go out again."""

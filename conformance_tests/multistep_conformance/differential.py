@@ -627,6 +627,29 @@ class DifferentialTests:
             assert p.do("release", queue=q).tickets == (3,)
             assert p.do("take", queue=q, ticket=3).task_id == b
 
+    def test_a_deep_backlog_is_refilled_in_half_windows(self, native_store: Store) -> None:
+        """100 jobs, window 64: the first send is a window's worth; finishing jobs sends nothing
+        while the broker holds more than half the window, then one send tops it up again; the
+        last jobs (fewer waiting than half a window) are topped up one by one."""
+        with self.pair(native_store) as p:
+            a = p.run.tid("a")
+            q = p.run.queue("default")
+            p.do("create_task", task_id=a, options=TaskOptions(retention=RETENTION))
+            p.do("add_jobs", task_id=a, kind="j", specs=['{"fn":"m:a"}'] * 100)
+            p.do("seal", task_id=a)
+            assert p.do("release", queue=q).tickets == tuple(range(1, 65))
+            sent: list[tuple[int, ...]] = []
+            for n in range(1, 33):  # take and finish 32 jobs: 32 tickets left, the refill point
+                st = p.do("take", queue=q, ticket=n)
+                sent.append(p.do("finish", task_id=a, ref=st.ref, attempt=st.attempt, outcome="ok").tickets)
+            assert sent[:31] == [()] * 31 and sent[31] == tuple(range(65, 65 + 32)), sent
+            # 68 jobs wait, 64 tickets out: the next finishes send nothing until 32 remain again
+            for n in range(33, 101):
+                st = p.do("take", queue=q, ticket=n)
+                assert st.run, (n, st.reason)
+                p.do("finish", task_id=a, ref=st.ref, attempt=st.attempt, outcome="ok")
+            assert p.do("take", queue=q, ticket=101).reason in ("stale-ticket", "no-work")
+
     def test_a_large_add_agrees(self, native_store: Store) -> None:
         """One add_jobs of 4,500 specs (more than one script call on Redis), then a few of
         every transition."""

@@ -44,11 +44,14 @@ local function issue(q, n, out)
   end
 end
 
--- tickets until the broker holds one per waiting job, at most WINDOW (parked ones count)
+-- tickets until the broker holds one per waiting job, at most WINDOW (parked ones count),
+-- once it holds half the window or less (fairshare.QueueRow.top_up, REFILL_AT)
 local function top_up(q, out)
+  local held = redis.call('ZCARD', q.kt) + q.parked
+  if held > WINDOW * 0.5 then return end
   local w = q.waiting
   if WINDOW < w then w = WINDOW end
-  issue(q, w - redis.call('ZCARD', q.kt) - q.parked, out)
+  issue(q, w - held, out)
 end
 
 local function unpark(q, out)
