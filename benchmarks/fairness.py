@@ -13,7 +13,7 @@ two worker processes (the embedded backend: two threads), in one run:
   the most that ran at one moment, counted from those notes (not from the store);
 - ``big_ratio``: a task of ``--big-ratio-jobs`` jobs alone: this checkout's throughput over the
   previous release's (``--previous REF``, checked out in a temporary worktree and run the same
-  way), or null without it;
+  way; ``--big-ratio-rounds`` alternating runs of each, medians), or null without it;
 - ``broker_messages_peak``: messages sent to the queue for a 100,000-job task with no worker
   running (counted at the producer, and what the broker held, by purging it, where it can).
 
@@ -260,10 +260,17 @@ def run_queue(name: str, args: argparse.Namespace, prev: Path | None) -> dict[st
     finally:
         backend.close()
     if prev is not None:
-        now = big_throughput(ROOT, url, q + "-big", args, logdir)
-        before = big_throughput(prev, url, q + "-prev", args, logdir)
-        row.update(big_jobs_per_s=now, big_jobs_per_s_previous=before, big_ratio=now / before)
-        log(f"big task {now:.0f} jobs/s, previous release {before:.0f} jobs/s")
+        # alternate the two checkouts (now, previous, now, ...) and compare medians, so that a
+        # change in the machine's load during the run weighs on both sides alike
+        nows, befores = [], []
+        for i in range(args.big_ratio_rounds):
+            nows.append(big_throughput(ROOT, url, f"{q}-big{i}", args, logdir))
+            befores.append(big_throughput(prev, url, f"{q}-prev{i}", args, logdir))
+            log(f"big task round {i + 1}: {nows[-1]:.0f} jobs/s, previous release {befores[-1]:.0f} jobs/s")
+        now, before = statistics.median(nows), statistics.median(befores)
+        row.update(big_jobs_per_s=now, big_jobs_per_s_previous=before, big_ratio=now / before,
+                   big_rounds=[[round(a, 1), round(b, 1)] for a, b in zip(nows, befores)])
+        log(f"big task {now:.0f} jobs/s, previous release {before:.0f} jobs/s (medians)")
     else:
         row["big_ratio"] = None
     shutil.rmtree(logdir, ignore_errors=True)
@@ -283,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak", type=int, default=100_000, help="jobs of the task for the broker count")
     p.add_argument("--previous", help="git ref of the previous release, for big_ratio")
     p.add_argument("--big-ratio-jobs", type=int, default=4000)
+    p.add_argument("--big-ratio-rounds", type=int, default=3,
+                   help="alternating runs of this checkout and --previous; big_ratio is over the medians")
     p.add_argument("--json", action="store_true", help="one JSON object per queue on stdout")
     args = p.parse_args(argv)
     sys.path[:0] = [str(ROOT), str(ROOT / "adapters"), str(HERE)]
