@@ -30,8 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Tickets in the broker per queue, at most. Keep it above the total concurrency of the
-#: workers serving the queue, so none of them waits for a ticket.
+#: Tickets in the broker per queue, at most. Keep half of it above the total concurrency of
+#: the workers serving the queue (the broker holds at least half while jobs wait; see
+#: :data:`REFILL_AT`), so none of them waits for a ticket.
 DEFAULT_WINDOW = 64
 #: A ticket not taken within this many leases is presumed lost and sent again.
 TICKET_TIMEOUT_LEASES = 2.0
