@@ -34,9 +34,6 @@ class TaskState(str, Enum):
         return self.value
 
 
-TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
-
-
 class JobState(str, Enum):
     PENDING = "pending"
     RUNNING = "running"

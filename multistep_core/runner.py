@@ -33,7 +33,7 @@ from . import epoch, observe
 from .context import JobContext, _current
 from .faults import crash_point
 from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode
-from .registry import lookup
+from .registry import lookup, registered_names
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -98,6 +98,19 @@ def args_preview(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     if kwargs:
         text = (text + " " if args else "") + json.dumps(dict(kwargs), separators=(",", ":"), default=str)
     return text if len(text) <= ARGS_PREVIEW else text[: ARGS_PREVIEW - 3] + "..."
+
+
+def unregistered_message(name: str) -> str:
+    """Why a job named ``name`` cannot run here, what this worker has, and what to do."""
+    have = registered_names()
+    shown = ", ".join(have[:8]) + (f" and {len(have) - 8} more" if len(have) > 8 else "")
+    module = name.partition(":")[0] if ":" in name else ""  # "module:function", the default name
+    return (
+        f"no job function is registered as {name!r} in this worker (it has: {shown or 'none'}); workers "
+        "run only functions decorated with @job in the modules they import. If it is one of your jobs, start "
+        f"the workers with the module that defines it (multistep worker {module or 'MODULE'} ...), then retry "
+        "the task's failed jobs (multistep retry TASK_ID)"
+    )
 
 
 def _plain_failure(ref: str, fn: str, attempt: int, kind: str, message: str) -> Failure:
@@ -235,11 +248,7 @@ class Runner:
             return None, _plain_failure(ref, fn_name, attempt, "InvalidJobSpec", f"arguments do not decode: {exc}")
         fn = lookup(spec.fn)
         if fn is None:
-            err = _plain_failure(
-                ref, spec.fn, attempt, "UnregisteredJob",
-                f"no job function is registered as {spec.fn!r} in this worker; workers run only "
-                "functions decorated with @job in the modules they import",
-            )
+            err = _plain_failure(ref, spec.fn, attempt, "UnregisteredJob", unregistered_message(spec.fn))
             log.error("%s/%s: %s", task_id, ref, err.message, extra=observe.log_extra(task_id, ref, attempt))
             return None, err
         task = self.backend.get_task_handle(task_id)
