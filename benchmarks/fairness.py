@@ -269,7 +269,7 @@ def run_queue(name: str, args: argparse.Namespace, prev: Path | None) -> dict[st
             log(f"big task round {i + 1}: {nows[-1]:.0f} jobs/s, previous release {befores[-1]:.0f} jobs/s")
         now, before = statistics.median(nows), statistics.median(befores)
         row.update(big_jobs_per_s=now, big_jobs_per_s_previous=before, big_ratio=now / before,
-                   big_rounds=[[round(a, 1), round(b, 1)] for a, b in zip(nows, befores)])
+                   big_rounds=[[round(a, 1), round(b, 1)] for a, b in zip(nows, befores, strict=True)])
         log(f"big task {now:.0f} jobs/s, previous release {before:.0f} jobs/s (medians)")
     else:
         row["big_ratio"] = None
