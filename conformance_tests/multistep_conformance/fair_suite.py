@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from multistep_core import Store, TaskOptions, TaskState
+from multistep_core import Store, Task, TaskOptions, TaskState
 
 from . import jobs
 from .harness import Harness, Journal, eventually
@@ -185,6 +185,20 @@ def _running_at_once(lines: list[str], prefix: str) -> int:
     return most
 
 
+def _hold_every_slot(harness: Harness, journal: Journal) -> tuple[str, Task]:
+    """Start a task of blocking jobs, one per worker slot, and return once each slot runs one
+    (the gate file, and the task: it ends once the gate is created)."""
+    gate = journal.flag("slots")
+    if harness.external:
+        slots = harness.concurrency * max(len(harness.procs), 1)
+    else:
+        slots = int(getattr(harness.backend.queue, "threads", 0) or 1)
+    with harness.task() as blockers:
+        blockers.add_jobs(jobs.block, [(journal.path, f"slot{i}", gate) for i in range(slots)])
+    eventually(lambda: len(journal.starting("slot")) >= slots, what=f"{slots} blocking jobs to hold every slot")
+    return gate, blockers
+
+
 class FairShareTests:
     """Fair share end to end, judged by the journal."""
 
@@ -203,14 +217,21 @@ class FairShareTests:
         assert bigs_before <= 60, f"the small task waited for {bigs_before} of the big task's 150 jobs"
 
     def test_equal_tasks_progress_evenly(self, harness: Harness, journal: Journal) -> None:
+        # Given every worker slot held by a blocking job, so that the four tasks below all
+        # exist before any of their jobs starts (however slow creating them is on a busy machine)
+        gate, blockers = _hold_every_slot(harness, journal)
         tasks = []
         for t in range(4):
             with harness.task() as task:
                 task.add_jobs(jobs.record, [(journal.path, f"t{t}.{i}", 0.005) for i in range(40)])
             tasks.append(task)
+        open(gate, "w").close()
+        # When they run side by side
         for task in tasks:
             assert task.wait(timeout=120).state == TaskState.SUCCEEDED
-        lines = journal.lines()
+        assert blockers.wait(timeout=120).state == TaskState.SUCCEEDED
+        # Then when the first of them ended, each other one had done at least half its jobs
+        lines = [line for line in journal.lines() if line.startswith("t")]
         done_at: dict[int, int] = {}
         first_done = None
         counts = Counter[int]()
