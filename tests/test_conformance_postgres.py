@@ -4,6 +4,10 @@ Redis at all) and Dramatiq (Redis and RabbitMQ), with real ``multistep worker`` 
 table prefix in the session's database (``postgres_service``), so that no class's recovery
 claims another's tasks. Redis DB 8 is the brokers' here.
 
+Every crash test runs with PostgreSQL under RQ (the queue that loses messages); under Celery
+and Dramatiq only those where a crash meets a store transition (``crash_scope = "store"``):
+the other points exercise the queue's side, which their own test files cover with each broker.
+
 ``TestPostgresAgainstTheReference`` is the differential test: PostgresStore is RowStore over
 its own Txn primitives (statements batched, rows cached, task rows locked), checked call for
 call against the memory reference.
@@ -61,13 +65,16 @@ class TestRQWithPostgresStore(BackendTests):
 @pytest.mark.usefixtures("postgres_service", "rabbitmq_service")
 class TestCeleryRabbitmqWithPostgresStore(BackendTests):
     backend_string = f"celery+amqp://guest:guest@127.0.0.1:5672//?store={PG}&prefix=mscelery"
+    crash_scope = "store"
 
 
 @pytest.mark.usefixtures("postgres_service", "redis_service")
 class TestDramatiqWithPostgresStore(BackendTests):
     backend_string = f"dramatiq+redis://{REDIS_ADDR}/8?store={PG}&prefix=msdramatiq"
+    crash_scope = "store"
 
 
 @pytest.mark.usefixtures("postgres_service", "rabbitmq_service")
 class TestDramatiqRabbitmqWithPostgresStore(BackendTests):
     backend_string = f"dramatiq+amqp://guest:guest@127.0.0.1:5672/?store={PG}&prefix=msdramatiqamqp"
+    crash_scope = "store"

@@ -42,3 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "conformance: a test from the multistep conformance suite")
     if not config.pluginmanager.hasplugin("timeout"):  # the chaos test's mark, without pytest-timeout
         config.addinivalue_line("markers", "timeout(seconds): a time limit (used when pytest-timeout is installed)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the crash tests a class's ``crash_scope`` leaves out (see CrashTests)."""
+    from .crash import outside_crash_scope
+
+    out = [item for item in items if outside_crash_scope(item)]
+    if out:
+        config.hook.pytest_deselected(items=out)
+        items[:] = [item for item in items if not outside_crash_scope(item)]
