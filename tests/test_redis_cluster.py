@@ -159,7 +159,7 @@ def test_a_single_server_is_not_taken_for_a_cluster(redis_service: None) -> None
 
     from multistep_core.redis.cluster import RedisClusterStore
 
-    with pytest.raises(ConfigurationError, match="not a usable Redis Cluster.*redis://"):
+    with pytest.raises(ConfigurationError, match=r"not a usable Redis Cluster.*redis://"):
         RedisClusterStore(f"redis+cluster://{REDIS_ADDR}/")
 
 
