@@ -121,7 +121,8 @@ def test_wait_counts_the_replicas_that_acknowledged(redis_cluster: str, caplog: 
         assert one.unacknowledged == 0  # each primary has one replica, in sync
         with caplog.at_level(logging.WARNING, logger="multistep.redis.cluster"):
             three.create_task("w3", TaskOptions(), now)  # three replicas asked for, one exists
-        assert three.unacknowledged == 1
+        # three writes, each WAITed: the queue in the registry, the id in the index, the create script
+        assert three.unacknowledged == 3
         assert "acknowledged by 1 replica(s)" in caplog.text and "not 3" in caplog.text
         assert three.progress("w3") is not None  # the write stands on the primary
     finally:
@@ -174,3 +175,18 @@ def test_the_store_option_of_an_adapter_takes_the_cluster_and_its_options(redis_
         assert (type(s).__name__, s.wait, s.wait_timeout) == ("RedisClusterStore", 1, 700)
     finally:
         s.close()
+
+
+def test_a_task_whose_index_entry_was_lost_is_found_and_indexed_again(store, redis_cluster) -> None:  # type: ignore[no-untyped-def]
+    from multistep_core.redis.cluster import RedisClusterStore
+
+    now = time.time()
+    store.create_task("lost-entry", TaskOptions(queue="qx"), now)
+    store.r.hdel(store.bucket_key("lost-entry"), "lost-entry")  # as a failover may lose it
+    fresh = RedisClusterStore(redis_cluster + "/", prefix=store.prefix, lease=5.0)  # remembers nothing
+    try:
+        assert fresh.progress("lost-entry").options.queue == "qx"
+        assert store.r.hget(store.bucket_key("lost-entry"), "lost-entry") == b"qx"
+        assert fresh.progress("never-made") is None
+    finally:
+        fresh.close()

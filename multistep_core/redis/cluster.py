@@ -61,6 +61,7 @@ NOWHERE = "!none"  # the shard unknown task ids are routed to (no queue is named
 RETRY_FOR = 30.0  # seconds a transition keeps retrying while a slot has no reachable primary
 WAIT_TIMEOUT_MS = 500
 READ_ONLY = frozenset({"failures", "job_states"})  # scripts that write nothing (no WAIT after them)
+WRITES = frozenset({"HSETNX", "HSET", "HDEL", "SADD", "LPUSH"})  # the router's own writes (WAIT after them)
 CACHE_MAX = 200_000  # task ids whose queue this process remembers
 
 #: options a ``redis+cluster://`` URL takes in its query
@@ -315,7 +316,8 @@ class RedisClusterStore(Store):
             build(pipe)
             n = len(pipe.command_stack) - (1 if transaction else 0)
             writes = self.wait > 0 and any(
-                str(args[0]).upper() == "EVALSHA" and args[1] in self._write_shas for args, _ in pipe.command_stack
+                args[1] in self._write_shas if str(args[0]).upper() == "EVALSHA" else str(args[0]).upper() in WRITES
+                for args, _ in pipe.command_stack
             )
             if transaction:
                 pipe.execute_command("EXEC")
@@ -369,8 +371,7 @@ class RedisClusterStore(Store):
     def _register(self, queue: str) -> _Shard:
         """The shard of ``queue``, listed in the registry (before its first task is created)."""
         if queue not in self._registered:
-            with self._errors():
-                self._retrying(lambda: self.r.sadd(self._k_registry, queue), "register a queue")
+            self._on_slot(self.r.keyslot(self._k_registry), lambda pipe: pipe.sadd(self._k_registry, queue))
             self._registered.add(queue)
         return self._shard(queue)
 
@@ -386,14 +387,35 @@ class RedisClusterStore(Store):
         return f"{self.prefix}:{{!tq{zlib.crc32(task_id.encode('utf-8')) % BUCKETS}}}:task-queue"
 
     def queue_of(self, task_id: str) -> str | None:
-        """The queue of a task (None: no such task known)."""
+        """The queue of a task (None: no such task). The index answers; an id it does not
+        hold is looked for in every shard (its entry may have been lost in a failover: then it
+        is written again), so that no task becomes unreachable."""
         q = self._task_queue.get(task_id)
         if q is None:
             with self._errors():
                 q = _s(self.r.hget(self.bucket_key(task_id), task_id))
+            if q is None:
+                q = self._find(task_id)
             if q is not None:
                 self._remember(task_id, q)
         return q
+
+    def _find(self, task_id: str) -> str | None:
+        queues = self.queues()
+        if not queues:
+            return None
+        with self._errors():
+            pipe = self.r.pipeline(transaction=False)
+            for q in queues:
+                pipe.exists(f"{self.prefix}:{{{q}}}:{{{task_id}}}:meta")
+            found = [q for q, n in zip(queues, pipe.execute(), strict=True) if int(n)]
+        if len(found) != 1:
+            return None
+        key = self.bucket_key(task_id)
+        self._on_slot(self.r.keyslot(key), lambda pipe: pipe.hsetnx(key, task_id, found[0]))
+        log.warning("task %r was missing from the task → queue index (lost in a failover?): found on queue %r, "
+                    "written again", task_id, found[0])
+        return found[0]
 
     def _remember(self, task_id: str, queue: str) -> None:
         if len(self._task_queue) >= CACHE_MAX:
@@ -427,16 +449,18 @@ class RedisClusterStore(Store):
         :class:`TaskExists` if the id belongs to a task of another queue that still exists
         (a stale entry, whose task is gone, is overwritten)."""
         key = self.bucket_key(task_id)
+        slot = self.r.keyslot(key)
+        if self._on_slot(slot, lambda pipe: pipe.hsetnx(key, task_id, queue))[0]:
+            self._task_queue.pop(task_id, None)
+            return
         with self._errors():
-            if self.r.hsetnx(key, task_id, queue):
-                return
             cur = _s(self.r.hget(key, task_id))
-            if cur is not None and cur != queue:
-                m = self._shard(cur)._meta(task_id)
-                if m is not None and not ("expires_at" in m and float(m["expires_at"]) <= time.time()):
-                    raise TaskExists(f"a task with id {task_id!r} already exists ({m['state']})")
-            if cur != queue:
-                self.r.hset(key, task_id, queue)
+        if cur is not None and cur != queue:
+            m = self._shard(cur)._meta(task_id)
+            if m is not None and not ("expires_at" in m and float(m["expires_at"]) <= time.time()):
+                raise TaskExists(f"a task with id {task_id!r} already exists ({m['state']})")
+        if cur != queue:
+            self._on_slot(slot, lambda pipe: pipe.hset(key, task_id, queue))
         self._task_queue.pop(task_id, None)
 
     def _forget(self, ids: Sequence[str], queue: str) -> None:
