@@ -1,4 +1,5 @@
-"""Store benchmark: the same queue with its task state in one Redis, then in PostgreSQL.
+"""Store benchmark: the same queue with its task state in one Redis, in PostgreSQL, and (with
+``--cluster``) on a Redis Cluster, also with ``wait=1`` (each write acknowledged by a replica).
 
 For one queue (``rq`` by default; any of the fan-in benchmark's), in one run:
 
@@ -7,13 +8,15 @@ For one queue (``rq`` by default; any of the fan-in benchmark's), in one run:
   (``store=postgresql://...``): seconds until the finalizer started, jobs/s;
 * **transitions/s**: ``start`` + ``finish`` of every job of M tasks straight on the store from
   ``--threads`` threads of this process (no queue), per store;
-* **bytes per job**: Redis ``MEMORY USAGE`` of the task's keys; PostgreSQL the task's rows
+* **bytes per job**: Redis ``MEMORY USAGE`` of the task's keys (on a cluster too: they are in
+  the slot of the task's queue); PostgreSQL the task's rows
   (``pg_column_size``), the growth of its tables on disk with their indexes
   (``pg_total_relation_size``, dead row versions included until vacuum), and the WAL written,
   per job.
 
     python -m benchmarks.stores --jobs 2000 --repeat 1 --async-commit
     python -m benchmarks.stores -q dramatiq-redis --jobs 5000 --postgres postgresql://db/bench --json
+    python -m benchmarks.stores --cluster redis+cluster://127.0.0.1:7000,127.0.0.1:7001 --json
 
 Uses (flushes) Redis DB 10 (``--redis``) like the fan-in benchmark, and tables of a fresh
 prefix in ``--postgres`` (dropped at the end). Numbers depend on the machine: nothing here is a test.
@@ -177,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/", help="RabbitMQ (amqp queues)")
     p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/multistep",
                    help="PostgreSQL database (tables of a fresh prefix, dropped at the end)")
+    p.add_argument("--cluster", default=None,
+                   help="a Redis Cluster (redis+cluster://host:port,...): also the cluster store, and with wait=1")
     p.add_argument("--async-commit", action="store_true",
                    help="also PostgreSQL with synchronous_commit=off (a server crash may lose the last commits)")
     p.add_argument("--json", action="store_true", help="one JSON object per store on stdout")
@@ -197,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.async_commit:  # libpq's options= in the store's URL, its "=" escaped for both parsers
         stores["postgresql, synchronous_commit=off"] = with_store(
             base, args.postgres + ("&" if "?" in args.postgres else "?") + "options=-csynchronous_commit%253Doff", prefix)
+    if args.cluster:  # ("?wait=1": the store's own option, inside the backend string's store=)
+        cluster = args.cluster.rstrip("/")
+        stores["redis cluster"] = with_store(base, cluster + "/", prefix)
+        stores["redis cluster, wait=1"] = with_store(base, cluster + "/?wait=1", prefix)
     PostgresStore(args.postgres, prefix=prefix).close()  # the tables, before the workers start
     sizes = PgSizes(args.postgres, prefix)
     rows = []
