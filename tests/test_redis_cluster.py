@@ -190,3 +190,15 @@ def test_a_task_whose_index_entry_was_lost_is_found_and_indexed_again(store, red
         assert fresh.progress("never-made") is None
     finally:
         fresh.close()
+
+
+def test_scripts_forgotten_by_every_primary_are_loaded_again(store) -> None:  # type: ignore[no-untyped-def]
+    now = time.time()
+    store.create_task("before", TaskOptions(queue="qa"), now)
+    store.r.script_flush()  # every primary forgets them, as a promoted replica may not have them
+    assert not any(store.r.script_exists(store._scripts.sha["create"]))
+    for q in ("qa", "qb", "qc"):  # queues whose slots are on different primaries, most likely
+        store.create_task(f"after-{q}", TaskOptions(queue=q), now)
+        assert store.add_jobs(f"after-{q}", "j", [SPEC], now) == ["j0"]
+    exists = store.r.script_exists(store._scripts.sha["create"])
+    assert exists and all(exists)  # on every primary again, from one reload
