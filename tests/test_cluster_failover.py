@@ -46,7 +46,9 @@ def test_killing_the_primary_of_a_queue_slot_mid_run_loses_no_task(failover_clus
         store = h.backend.store
         slot = store.r.keyslot(h.queue)
         primary = c.master_of_slot(slot)
-        done_at_kill = len([x for x in journal.lines() if not x.endswith(":run")])
+        at_kill = journal.lines()
+        done_at_kill = len([x for x in at_kill if not x.endswith(":run")])
+        running_at_kill = {x[: -len(":run")] for x in at_kill if x.endswith(":run")} - set(at_kill)
         assert done_at_kill < total, "every job had ended before the kill: the test would show nothing"
 
         # When the primary serving the queue's slot is killed
@@ -72,7 +74,9 @@ def test_killing_the_primary_of_a_queue_slot_mid_run_loses_no_task(failover_clus
         # at-least-once: a job re-runs only if its attempt was in flight at the kill (one per
         # worker slot) and its outcome did not reach a replica; nothing else runs twice
         assert again <= 4, (again, runs.most_common(8))
+        twice = sorted(label for label, n in runs.items() if n > 1)
         print(f"failover: primary {primary} killed with {done_at_kill}/{total} jobs done; slot served again "
-              f"after {promoted_after:.1f}s; re-runs {again}; unacknowledged writes {store.unacknowledged}")
+              f"after {promoted_after:.1f}s; re-runs {again} {twice}; running at the kill {sorted(running_at_kill)}; "
+              f"unacknowledged writes {store.unacknowledged}")
     finally:
         h.stop()
