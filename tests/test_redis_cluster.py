@@ -202,3 +202,25 @@ def test_scripts_forgotten_by_every_primary_are_loaded_again(store) -> None:  # 
         assert store.add_jobs(f"after-{q}", "j", [SPEC], now) == ["j0"]
     exists = store.r.script_exists(store._scripts.sha["create"])
     assert exists and all(exists)  # on every primary again, from one reload
+
+
+@pytest.mark.usefixtures("redis_service", "rabbitmq_service")
+@pytest.mark.parametrize("template", [
+    "rq+redis://{redis}/9?store={cluster}/&prefix=msadapt",
+    "celery+amqp://guest:guest@127.0.0.1:5672//?store={cluster}/&prefix=msadapt",
+    "dramatiq+redis://{redis}/9?store={cluster}/?wait=1%26wait_timeout=300&prefix=msadapt",
+])
+def test_every_adapter_takes_the_cluster_as_its_store(redis_cluster: str, template: str) -> None:
+    from services import REDIS_ADDR
+
+    from multistep_core import connect
+
+    require_module(template.split("+")[0])
+    backend = connect(template.format(redis=REDIS_ADDR, cluster=redis_cluster))
+    try:
+        store = backend.store
+        assert type(store).__name__ == "RedisClusterStore"
+        assert (store.prefix, store.wait, store.wait_timeout) == (
+            ("msadapt", 1, 300) if "wait=1" in template else ("msadapt", 0, 500))
+    finally:
+        backend.close()
