@@ -224,3 +224,42 @@ def test_every_adapter_takes_the_cluster_as_its_store(redis_cluster: str, templa
             ("msadapt", 1, 300) if "wait=1" in template else ("msadapt", 0, 500))
     finally:
         backend.close()
+
+
+def test_a_start_through_a_remembered_queue_follows_a_task_made_again_elsewhere(store, redis_cluster) -> None:  # type: ignore[no-untyped-def]
+    from multistep_core.redis.cluster import RedisClusterStore
+
+    other = RedisClusterStore(redis_cluster + "/", prefix=store.prefix, lease=5.0)
+    try:
+        now = time.time()
+        store.create_task("again", TaskOptions(queue="a"), now)
+        assert other.queue_of("again") == "a"  # remembered
+        store.delete("again")
+        store.create_task("again", TaskOptions(queue="b"), now)
+        store.add_jobs("again", "f", [SPEC], now)
+        store.seal("again", now)  # no jobs: the finalizer is due at once, started by its ref
+        st = other.start("again", "f0", now)
+        assert st.run and st.task_id == "again", st
+    finally:
+        other.close()
+
+
+def test_a_job_taken_by_ticket_finishes_on_its_queue_whatever_was_remembered(store, redis_cluster) -> None:  # type: ignore[no-untyped-def]
+    from multistep_core.redis.cluster import RedisClusterStore
+
+    other = RedisClusterStore(redis_cluster + "/", prefix=store.prefix, lease=5.0)
+    try:
+        now = time.time()
+        store.create_task("again2", TaskOptions(queue="a"), now)
+        assert other.queue_of("again2") == "a"  # remembered
+        store.delete("again2")
+        store.create_task("again2", TaskOptions(queue="b"), now)
+        store.add_jobs("again2", "j", [SPEC, SPEC], now, per_message=2)
+        d = store.release("b", now)
+        st = other.take("b", d.tickets[0], now)
+        assert st.run and st.task_id == "again2"
+        _, nxt = other.take_next("again2", st.ref, st.attempt, now, result="1")
+        assert nxt.run and nxt.ref == "j1", nxt
+        assert store.progress("again2").succeeded == 1
+    finally:
+        other.close()

@@ -489,10 +489,19 @@ class RedisClusterStore(Store):
         return self._call(task_id, lambda s: s.seal(task_id, now))  # type: ignore[no-any-return]
 
     def start(self, task_id: str, ref: str, now: float) -> Start:
-        return self._route(task_id).start(task_id, ref, now)
+        shard = self._route(task_id)
+        st = shard.start(task_id, ref, now)
+        if not st.run and st.reason == "task-missing":  # remembered a queue the id has left?
+            other = self._fresh(task_id, shard)
+            if other is not None:
+                return other.start(task_id, ref, now)
+        return st
 
     def take(self, queue: str, ticket: int, now: float) -> Start:
-        return self._shard(queue).take(queue, ticket, now)
+        st = self._shard(queue).take(queue, ticket, now)
+        if st.run and st.task_id:  # the job's finish goes by task id: to this queue's shard
+            self._remember(st.task_id, queue)
+        return st
 
     def renew(self, task_id: str, ref: str, attempt: int, now: float) -> bool:
         return self._route(task_id).renew(task_id, ref, attempt, now)
@@ -565,6 +574,9 @@ class RedisClusterStore(Store):
         for s in shards[self._claim_turn:] + shards[: self._claim_turn]:
             got = s.claim_due(now, max(int(limit) - rows, 0))
             rows += sum(len(d.refs) for d in got)
+            for d in got:
+                if d.task_id:
+                    self._remember(d.task_id, s.queue)
             out += got
         return out
 
