@@ -70,6 +70,7 @@ def test_killing_the_primary_of_a_queue_slot_mid_run_loses_no_task(failover_clus
         runs = Counter(x[: -len(":run")] for x in lines if x.endswith(":run"))
         labels = [f"t{t}j{i}" for t in range(TASKS) for i in range(JOBS)] + [f"t{t}fin" for t in range(TASKS)]
         assert set(ended) == set(labels), set(labels) ^ set(ended)  # each job and finalizer ran to its end
+        assert all(runs[f"t{t}fin"] == 1 for t in range(TASKS)), runs  # they start after the failover
         again = sum(n - 1 for n in runs.values())
         # at-least-once: a job re-runs only if its attempt was in flight at the kill (one per
         # worker slot) and its outcome did not reach a replica; nothing else runs twice
