@@ -1,4 +1,5 @@
-"""Store benchmark: the same queue with its task state in one Redis, then in PostgreSQL.
+"""Store benchmark: the same queue with its task state in one Redis, in PostgreSQL, and (with
+``--cluster``) on a Redis Cluster, also with ``wait=1`` (each write acknowledged by a replica).
 
 For one queue (``rq`` by default; any of the fan-in benchmark's), in one run:
 
@@ -7,13 +8,15 @@ For one queue (``rq`` by default; any of the fan-in benchmark's), in one run:
   (``store=postgresql://...``): seconds until the finalizer started, jobs/s;
 * **transitions/s**: ``start`` + ``finish`` of every job of M tasks straight on the store from
   ``--threads`` threads of this process (no queue), per store;
-* **bytes per job**: Redis ``MEMORY USAGE`` of the task's keys; PostgreSQL the task's rows
+* **bytes per job**: Redis ``MEMORY USAGE`` of the task's keys (on a cluster too: they are in
+  the slot of the task's queue); PostgreSQL the task's rows
   (``pg_column_size``), the growth of its tables on disk with their indexes
   (``pg_total_relation_size``, dead row versions included until vacuum), and the WAL written,
   per job.
 
     python -m benchmarks.stores --jobs 2000 --repeat 1 --async-commit
     python -m benchmarks.stores -q dramatiq-redis --jobs 5000 --postgres postgresql://db/bench --json
+    python -m benchmarks.stores --cluster redis+cluster://127.0.0.1:7000,127.0.0.1:7001 --json
 
 Uses (flushes) Redis DB 10 (``--redis``) like the fan-in benchmark, and tables of a fresh
 prefix in ``--postgres`` (dropped at the end). Numbers depend on the machine: nothing here is a test.
@@ -119,12 +122,18 @@ def transitions(store: Any, tasks: int, jobs: int, threads: int) -> dict[str, An
     barrier = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
 
+    took: list[float] = []  # seconds of each call (list.append is atomic)
+
     def run(part: list[tuple[str, str]]) -> None:
         barrier.wait()
+        clock = time.perf_counter
         try:
             for tid, ref in part:
+                t0 = clock()
                 s = store.start(tid, ref, time.time())
+                t1 = clock()
                 store.finish(tid, ref, s.attempt, time.time())
+                took.extend((t1 - t0, clock() - t1))
         except BaseException as exc:  # reported, not swallowed
             errors.append(exc)
 
@@ -141,8 +150,10 @@ def transitions(store: Any, tasks: int, jobs: int, threads: int) -> dict[str, An
     states = {store.progress(tid).state.value for tid in ids}
     for tid in ids:
         store.delete(tid)
+    took.sort()
     return {"transitions": 2 * len(work), "seconds": dt, "transitions_per_s": 2 * len(work) / dt,
-            "threads": threads, "states_after": sorted(states)}
+            "threads": threads, "states_after": sorted(states),
+            "transition_ms_p50": 1000 * took[len(took) // 2], "transition_ms_p99": 1000 * took[len(took) * 99 // 100]}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -173,10 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tps-tasks", type=int, default=10, help="tasks of the transitions/s run")
     p.add_argument("--tps-jobs", type=int, default=200, help="jobs per task of the transitions/s run")
     p.add_argument("--threads", type=int, default=4, help="threads of the transitions/s run")
+    p.add_argument("--tps-repeat", type=int, default=1, help="rounds of the transitions/s run over all stores (median)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/10", help="Redis (flushed!): broker and Redis store")
     p.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/", help="RabbitMQ (amqp queues)")
     p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/multistep",
                    help="PostgreSQL database (tables of a fresh prefix, dropped at the end)")
+    p.add_argument("--cluster", default=None,
+                   help="a Redis Cluster (redis+cluster://host:port,...): also the cluster store, and with wait=1")
     p.add_argument("--async-commit", action="store_true",
                    help="also PostgreSQL with synchronous_commit=off (a server crash may lose the last commits)")
     p.add_argument("--json", action="store_true", help="one JSON object per store on stdout")
@@ -197,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.async_commit:  # libpq's options= in the store's URL, its "=" escaped for both parsers
         stores["postgresql, synchronous_commit=off"] = with_store(
             base, args.postgres + ("&" if "?" in args.postgres else "?") + "options=-csynchronous_commit%253Doff", prefix)
+    if args.cluster:  # ("?wait=1": the store's own option, inside the backend string's store=)
+        cluster = args.cluster.rstrip("/")
+        stores["redis cluster"] = with_store(base, cluster + "/", prefix)
+        stores["redis cluster, wait=1"] = with_store(base, cluster + "/?wait=1", prefix)
     PostgresStore(args.postgres, prefix=prefix).close()  # the tables, before the workers start
     sizes = PgSizes(args.postgres, prefix)
     rows = []
@@ -206,16 +224,30 @@ def main(argv: list[str] | None = None) -> int:
             row: dict[str, Any] = {"store": name, "queue": args.queue, "jobs": args.jobs, "repeat": args.repeat,
                                    "per_message": args.per_message, "workers": args.workers}
             row.update(fanin(b, url, args.jobs, args, sizes if name.startswith("postgresql") else None))
-            log(f"{name}: {args.tps_tasks} tasks x {args.tps_jobs} jobs, start + finish from {args.threads} threads")
-            backend = connect(url)
-            backend.stop_recovery()
-            try:
-                row.update(transitions(backend.store, args.tps_tasks, args.tps_jobs, args.threads))
-            finally:
-                backend.close()
-            flush(b)
-            row["machine"] = machine()
             rows.append(row)
+        # transitions/s: rounds that take every store in turn, so that a machine whose load
+        # changes during the run weighs on every store alike; the median of the rounds
+        tps: dict[str, list[dict[str, Any]]] = {name: [] for name in stores}
+        for k in range(args.tps_repeat):
+            for name, url in stores.items():
+                log(f"{name}: {args.tps_tasks} tasks x {args.tps_jobs} jobs, start + finish from {args.threads} "
+                    f"threads (round {k + 1} of {args.tps_repeat})")
+                backend = connect(url)
+                backend.stop_recovery()
+                try:
+                    tps[name].append(transitions(backend.store, args.tps_tasks, args.tps_jobs, args.threads))
+                finally:
+                    backend.close()
+                flush(b)
+        for row in rows:
+            got = tps[row["store"]]
+            row.update(got[-1])
+            row["seconds"] = median([t["seconds"] for t in got])
+            row["transitions_per_s"] = median([t["transitions_per_s"] for t in got])
+            row["transitions_per_s_rounds"] = [round(t["transitions_per_s"]) for t in got]
+            row["transition_ms_p50"] = median([t["transition_ms_p50"] for t in got])
+            row["transition_ms_p99"] = median([t["transition_ms_p99"] for t in got])
+            row["machine"] = machine()
             if args.json:
                 print(json.dumps(row), flush=True)
     finally:
@@ -225,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         print(f"\n{machine()}; {args.queue}, {args.workers} worker processes x {args.concurrency}, "
               f"{args.jobs} jobs ({args.per_message} per message), medians of {args.repeat}; transitions/s: "
-              f"{args.threads} threads\n")
+              f"{args.threads} threads, median of {args.tps_repeat} rounds\n")
         print(table(rows))
     return 0
 

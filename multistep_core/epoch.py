@@ -77,7 +77,7 @@ def watch(store: Store) -> EpochWatch | None:
     that keeps no epoch."""
     from .redis.base import RedisBase
 
-    if not isinstance(store, RedisBase):
+    if not isinstance(store, RedisBase) and not getattr(store, "keeps_epoch", False):
         return None
     with _lock:
         w = _watches.get(store)

@@ -158,3 +158,43 @@ def evicting_redis(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _cluster_or_skip(base: int) -> object:
+    """A fresh 6-node Redis Cluster on base..base+5 (tests/cluster_service.py); skipped with the
+    reason where it cannot start here, failed under CI."""
+    from cluster_service import ClusterUnavailable, start_cluster
+
+    try:
+        return start_cluster(base)
+    except ClusterUnavailable as exc:
+        msg = f"cannot start a Redis Cluster on ports {base}-{base + 5}: {exc}"
+        if CI:
+            pytest.fail(f"{msg} (CI is set: a missing service fails the run)", pytrace=False)
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[str]:
+    """The ``redis+cluster://`` URL of a real cluster (3 primaries, 3 replicas) started for the
+    session on ``$MULTISTEP_TEST_CLUSTER_PORT`` (default 7100) and the five ports after it;
+    every node is killed at the end."""
+    from cluster_service import BASE_PORT
+
+    cluster = _cluster_or_skip(BASE_PORT)
+    try:
+        yield cluster.url  # type: ignore[attr-defined]
+    finally:
+        cluster.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def failover_cluster() -> Iterator[object]:
+    """A cluster of its own (ports base+10..base+15) for a test that kills its nodes."""
+    from cluster_service import BASE_PORT
+
+    cluster = _cluster_or_skip(BASE_PORT + 10)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()  # type: ignore[attr-defined]

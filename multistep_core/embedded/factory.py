@@ -26,6 +26,14 @@ MEMORY_OPTIONS = {"threads": _THREADS, "lease": _LEASE}
 EAGER_OPTIONS = {"lease": _LEASE}
 SQLITE_OPTIONS = MEMORY_OPTIONS
 REDIS_OPTIONS = {**MEMORY_OPTIONS, "prefix": kit.text("ms", empty=False, what="a key prefix")}
+#: ``redis+cluster://``: also how many replicas acknowledge each write (``WAIT``), and for how long
+#: a transition retries while a slot fails over
+REDIS_CLUSTER_OPTIONS = {
+    **REDIS_OPTIONS,
+    "wait": kit.integer(0, minimum=0, maximum=64),
+    "wait_timeout": kit.integer(500, minimum=0),
+    "retry_for": kit.seconds(30.0, zero=True),
+}
 
 
 def memory_backend(url: str = "memory", **options: Any) -> Backend:
@@ -51,7 +59,19 @@ def redis_backend(url: str = "redis", **options: Any) -> Backend:
     ``threads`` threads of this process (``redis`` alone: the local default)."""
     from ..redis import DEFAULT_URL
 
+    if url.startswith("redis+cluster://"):
+        return redis_cluster_backend(url, **options)
     opts = kit.check_options("redis", options, REDIS_OPTIONS)
     # the Redis store, checked at connect (reachable, database exists, not evicting)
     store = kit.store_from_url(url if "://" in url else DEFAULT_URL, prefix=opts["prefix"], lease=opts["lease"])
     return Backend(store, ThreadQueue(opts["threads"]), name="redis")
+
+
+def redis_cluster_backend(url: str, **options: Any) -> Backend:
+    """``redis+cluster://host:7000,host:7001/``: state on a Redis Cluster (a queue per hash slot,
+    one Lua script per transition; docs/stores.md), jobs on ``threads`` threads of this process.
+    ``wait=N``: each write waits until N replicas have it (at most ``wait_timeout`` ms)."""
+    opts = kit.check_options("redis+cluster", options, REDIS_CLUSTER_OPTIONS)
+    store = kit.store_from_url(url, prefix=opts["prefix"], lease=opts["lease"], wait=opts["wait"],
+                               wait_timeout=opts["wait_timeout"], retry_for=opts["retry_for"])
+    return Backend(store, ThreadQueue(opts["threads"]), name="redis+cluster")

@@ -29,11 +29,19 @@ def store_url(adapter: str, kind: str, broker: str, store: str | None) -> str:
     )
 
 
-def store_from_url(store_url: str, *, prefix: str, lease: float, probe: bool = True) -> Any:
+def store_from_url(store_url: str, *, prefix: str, lease: float, probe: bool = True, **cluster: Any) -> Any:
     """The store a ``store=`` option names: ``redis://``, ``rediss://``, ``unix://`` (the Redis
     store; checked with :func:`probe_redis` first unless ``probe`` is false, e.g. because it is
-    the broker's Redis, checked already), ``sqlite:///path`` (the SQLite store) or
-    ``postgresql://`` (the PostgreSQL store; checked as it connects)."""
+    the broker's Redis, checked already), ``redis+cluster://host:port,host:port/`` (the Redis
+    Cluster store; its options ``wait``, ``wait_timeout``, ``retry_for`` in its own query, or
+    as ``cluster`` keywords), ``sqlite:///path`` (the SQLite store) or ``postgresql://`` (the
+    PostgreSQL store; checked as it connects)."""
+    if store_url.startswith(("redis+cluster://", "redis cluster://")):  # (a query string's '+' reads as a space)
+        try:
+            from ..redis.cluster import RedisClusterStore
+        except ImportError as exc:  # pragma: no cover - redis comes with every adapter's extra
+            raise BackendDriverMissing(f'the Redis Cluster store needs redis-py: pip install "multistep[redis]" ({exc})') from exc
+        return RedisClusterStore(store_url, prefix=prefix, lease=lease, **cluster)
     if store_url.startswith(("redis://", "rediss://", "unix://")):
         try:
             from ..redis import RedisStore
@@ -55,5 +63,5 @@ def store_from_url(store_url: str, *, prefix: str, lease: float, probe: bool = T
             ) from exc
         return PostgresStore(store_url, prefix=prefix, lease=lease)
     raise ConfigurationError(
-        f"store must be a redis://, sqlite:/// or postgresql:// URL, not {redact_url(store_url)!r}"
+        f"store must be a redis://, redis+cluster://, sqlite:/// or postgresql:// URL, not {redact_url(store_url)!r}"
     )

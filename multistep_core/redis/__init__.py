@@ -28,8 +28,13 @@ Global keys:
 * ``ms:queues``     set: queues with scheduling state
 * ``ms:rejected``   list: refused messages, newest first, capped
 
+On a Redis Cluster (:mod:`.cluster`) each queue ``Q`` is a store of its own with the prefix
+``ms:{Q}``: every key above then carries the hash tag ``{Q}`` (``ms:{Q}:{T}:meta``,
+``ms:{Q}:{Q}:q``, ``ms:{Q}:due-tasks``) and lies in the queue's slot.
+
 Modules: :mod:`.base` (connection, scripts, keys), :mod:`.store` (the transitions),
-:mod:`.index` (recovery and the due index), :mod:`.reads`, :mod:`.scripts` (loading ``lua/``).
+:mod:`.index` (recovery and the due index), :mod:`.reads`, :mod:`.scripts` (loading ``lua/``),
+:mod:`.cluster` (the Redis Cluster store: a router over per-queue stores).
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ def _s(v: Any) -> Any:
 class RedisBase(Store):
     """Connection, scripts and keys of one Redis store (``prefix`` namespaces its keys)."""
 
+    #: a user's prefix holds no braces; the cluster store's per-queue shards (cluster.py) use
+    #: ``<prefix>:{<queue>}`` so that every key of a queue hashes to the queue's slot
+    _hash_tagged_prefix = False
+
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -53,7 +57,7 @@ class RedisBase(Store):
             raise BackendDriverMissing(
                 'the redis store needs the redis package; install it with: pip install "multistep[redis]"'
             ) from exc
-        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+        if not isinstance(prefix, str) or not prefix or (("{" in prefix or "}" in prefix) and not self._hash_tagged_prefix):
             raise ConfigurationError(f"redis key prefix {prefix!r} must be a non-empty string without braces")
         self.lease = float(lease)
         self.window = int(window)
