@@ -216,6 +216,16 @@ class Backend:
                 f"the {self.name} backend runs its jobs inside the process that creates them; "
                 "it has no separate worker"
             )
+        window = int(getattr(self.store, "window", 0) or 0)
+        if window and concurrency > window // 2:
+            import logging
+
+            logging.getLogger("multistep").warning(
+                "this worker runs %d jobs at once, but the store keeps only %d to %d tickets per queue in the "
+                "broker (window=%d, refilled at half): some slots will wait for work while jobs wait in the "
+                "store; add window=%d (or more) to the backend string of clients and workers",
+                concurrency, window // 2, window, window, 2 * concurrency,
+            )
         recovery = Recovery(self).start()
         try:
             return self.queue.run_worker(modules, queues, concurrency)

@@ -6,6 +6,7 @@ what to do (issue 13, section 1).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from services import REDIS_ADDR
 from multistep_core import connect
 from multistep_core.cli import EXIT_ERROR, EXIT_OK, cli
 from multistep_core.errors import ConfigurationError
+from multistep_core.model import TaskOptions
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +145,38 @@ def test_a_relative_sqlite_store_in_a_config_file_is_anchored_too(tmp_path: Path
     assert _anchored("sqlite:////abs/t.db", {}, source)[0] == "sqlite:////abs/t.db"
     assert _anchored("sqlite:///:memory:", {}, source)[0] == "sqlite:///:memory:"
     assert _anchored("sqlite:///t.db", {}, "$MULTISTEP_BACKEND")[0] == "sqlite:///t.db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory?window=8",
+        "sqlite:///{tmp}/w.db?window=8",
+        f"redis://{REDIS_ADDR}/7?window=8&prefix=mswindow",
+        f"rq+redis://{REDIS_ADDR}/7?window=8&prefix=mswindow",
+        f"dramatiq+redis://{REDIS_ADDR}/7?window=8&prefix=mswindow",
+        f"celery+redis://{REDIS_ADDR}/7?window=8&prefix=mswindow",
+    ],
+)
+def test_window_option_sets_the_tickets_a_queue_gets(url: str, tmp_path: Path) -> None:
+    # Given a backend string with window=8
+    b = connect(url.format(tmp=tmp_path))
+    try:
+        assert b.store.window == 8
+        # When a task of 100 jobs is added (tickets counted at the queue, nothing run: no worker
+        # for the queue adapters; the in-process backends' threads are stopped first)
+        b.stop_recovery()
+        queue = f"window-{time.time_ns()}"
+        tid = f"window-task-{time.time_ns()}"
+        b.store.create_task(tid, TaskOptions(queue=queue), time.time())
+        b.store.add_jobs(tid, "j", ['{"fn":"m:a"}'] * 100, time.time())
+        # Then the queue is owed 8 tickets, not 64 or 100
+        assert len(b.store.release(queue, time.time()).tickets) == 8
+        b.store.delete(tid)
+    finally:
+        b.close()
+
+
+def test_a_window_below_two_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"window=1 .* must be an integer from 2"):
+        connect("memory?window=1")

@@ -58,34 +58,17 @@ class TestClusterAgainstTheReference(_OnCluster, DifferentialTests):
     )
 
 
-def _skipping(names: frozenset[str], why: str):  # type: ignore[no-untyped-def]
-    """An autouse fixture that skips the named tests of the suite, saying where they run."""
-
-    @pytest.fixture(autouse=True)
-    def skip(self, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
-        if request.node.originalname in names:
-            pytest.skip(why)
-
-    return skip
-
-
-# The suite's worker-kill tests take about 40 s (crash points) and 35 s (chaos) per adapter
-# class here: the cluster store's recovery after random kills runs once, in the RQ class; the
-# crash points (a worker dying at each step of the runner) are the runner's and each adapter's,
-# run with every adapter in its own file and with the single Redis store's Lua in
-# test_conformance_redis.py.
-CRASH_POINTS = frozenset({"test_crash_point"})
-KILL_TESTS = CRASH_POINTS | {"test_chaos_random_kills_leave_every_task_finished"}
+# Worker kills: every crash test runs with each adapter in its own file; here only those where a
+# crash meets a store transition (crash_scope), and the random kills once, under RQ.
 
 
 @pytest.mark.usefixtures("redis_service")
 class TestRQWithClusterStore(_OnCluster, BackendTests):
     template = "rq+redis://{redis}/9?store={cluster}/&prefix=mscrq"
-    _skip = _skipping(CRASH_POINTS, "crash points: test_conformance_rq.py (the runner's), not per store")
+    crash_scope = "store+chaos"
 
 
 @pytest.mark.usefixtures("rabbitmq_service")
 class TestCeleryRabbitmqWithClusterStore(_OnCluster, BackendTests):
     template = "celery+amqp://guest:guest@127.0.0.1:5672//?store={cluster}/&prefix=msccelery"
-    _skip = _skipping(KILL_TESTS, "worker kills with the cluster store: TestRQWithClusterStore; with Celery: "
-                                  "test_conformance_celery.py")
+    crash_scope = "store"

@@ -111,7 +111,8 @@ def backend_from_url(url: str = "celery", **options: Any) -> Backend:
                         **{k: opts[k] for k in QUEUE_OPTIONS})
     try:
         queue.probe()
-        st = kit.store_from_url(store, prefix=opts["prefix"], lease=opts["lease"], probe=store != burl)
+        st = kit.store_from_url(store, prefix=opts["prefix"], lease=opts["lease"], probe=store != burl,
+                                window=opts["window"])
     except BaseException:
         queue.close()
         raise

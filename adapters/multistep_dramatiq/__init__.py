@@ -56,7 +56,8 @@ def build_backend(url: str, options: dict[str, Any], *, worker_side: bool) -> Ba
     queue = DramatiqQueue(kind, burl, spec=spec, worker_side=worker_side, **{k: opts[k] for k in QUEUE_OPTIONS})
     try:
         queue.probe()
-        st = kit.store_from_url(store, prefix=opts["prefix"], lease=opts["lease"], probe=store != burl)
+        st = kit.store_from_url(store, prefix=opts["prefix"], lease=opts["lease"], probe=store != burl,
+                                window=opts["window"])
     except BaseException:
         queue.close()
         raise

@@ -48,7 +48,8 @@ def backend_from_url(url: str = "rq", **options: Any) -> Backend:
     queue = RQQueue(burl, spec=spec, **{k: opts[k] for k in QUEUE_OPTIONS})
     try:
         kit.probe_redis(burl, "the RQ Redis")
-        st = kit.store_from_url(store, prefix=opts["prefix"], lease=opts["lease"], probe=store != burl)
+        st = kit.store_from_url(store, prefix=opts["prefix"], lease=opts["lease"], probe=store != burl,
+                                window=opts["window"])
     except BaseException:
         queue.close()
         raise

@@ -22,8 +22,8 @@ DEFAULT_THREADS = 4
 
 _THREADS = kit.integer(DEFAULT_THREADS, minimum=1, maximum=1024)
 _LEASE = kit.seconds(DEFAULT_LEASE)
-MEMORY_OPTIONS = {"threads": _THREADS, "lease": _LEASE}
-EAGER_OPTIONS = {"lease": _LEASE}
+MEMORY_OPTIONS = {"threads": _THREADS, "lease": _LEASE, "window": kit.WINDOW}
+EAGER_OPTIONS = {"lease": _LEASE, "window": kit.WINDOW}
 SQLITE_OPTIONS = MEMORY_OPTIONS
 REDIS_OPTIONS = {**MEMORY_OPTIONS, "prefix": kit.text("ms", empty=False, what="a key prefix")}
 #: ``redis+cluster://``: also how many replicas acknowledge each write (``WAIT``), and for how long
@@ -39,19 +39,20 @@ REDIS_CLUSTER_OPTIONS = {
 def memory_backend(url: str = "memory", **options: Any) -> Backend:
     """``memory``: state in memory, jobs on ``threads`` threads of this process."""
     opts = kit.check_options("memory", options, MEMORY_OPTIONS)
-    return Backend(MemoryStore(lease=opts["lease"]), ThreadQueue(opts["threads"]), name="memory")
+    return Backend(MemoryStore(lease=opts["lease"], window=opts["window"]), ThreadQueue(opts["threads"]), name="memory")
 
 
 def eager_backend(url: str = "eager", **options: Any) -> Backend:
     """``eager``: state in memory, every job run inline when added. For unit tests."""
     opts = kit.check_options("eager", options, EAGER_OPTIONS)
-    return Backend(MemoryStore(lease=opts["lease"]), EagerQueue(), name="eager", eager=True)
+    return Backend(MemoryStore(lease=opts["lease"], window=opts["window"]), EagerQueue(), name="eager", eager=True)
 
 
 def sqlite_backend(url: str = "sqlite", **options: Any) -> Backend:
     """``sqlite:///path.db``: durable state in a SQLite file, jobs on threads of this process."""
     opts = kit.check_options("sqlite", options, SQLITE_OPTIONS)
-    return Backend(SQLiteStore(sqlite_path(url), lease=opts["lease"]), ThreadQueue(opts["threads"]), name="sqlite")
+    store = SQLiteStore(sqlite_path(url), lease=opts["lease"], window=opts["window"])
+    return Backend(store, ThreadQueue(opts["threads"]), name="sqlite")
 
 
 def redis_backend(url: str = "redis", **options: Any) -> Backend:
@@ -63,7 +64,8 @@ def redis_backend(url: str = "redis", **options: Any) -> Backend:
         return redis_cluster_backend(url, **options)
     opts = kit.check_options("redis", options, REDIS_OPTIONS)
     # the Redis store, checked at connect (reachable, database exists, not evicting)
-    store = kit.store_from_url(url if "://" in url else DEFAULT_URL, prefix=opts["prefix"], lease=opts["lease"])
+    store = kit.store_from_url(url if "://" in url else DEFAULT_URL, prefix=opts["prefix"], lease=opts["lease"],
+                               window=opts["window"])
     return Backend(store, ThreadQueue(opts["threads"]), name="redis")
 
 
@@ -72,6 +74,6 @@ def redis_cluster_backend(url: str, **options: Any) -> Backend:
     one Lua script per transition; docs/stores.md), jobs on ``threads`` threads of this process.
     ``wait=N``: each write waits until N replicas have it (at most ``wait_timeout`` ms)."""
     opts = kit.check_options("redis+cluster", options, REDIS_CLUSTER_OPTIONS)
-    store = kit.store_from_url(url, prefix=opts["prefix"], lease=opts["lease"], wait=opts["wait"],
+    store = kit.store_from_url(url, prefix=opts["prefix"], lease=opts["lease"], window=opts["window"], wait=opts["wait"],
                                wait_timeout=opts["wait_timeout"], retry_for=opts["retry_for"])
     return Backend(store, ThreadQueue(opts["threads"]), name="redis+cluster")

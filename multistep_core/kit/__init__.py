@@ -14,7 +14,7 @@ Backend strings and options (:mod:`.backend_string`, :mod:`.store`)
       an unknown name gets a "did you mean" and the list of every option the backend takes; a
       bad value a :class:`ConfigurationError` naming option, value and expected type.
       :func:`seconds`, :func:`integer`, :func:`flag`, :func:`text`, :func:`choice`,
-      :func:`log_level` build the entries; :data:`STORE_OPTIONS` are the three every adapter takes.
+      :func:`log_level` build the entries; :data:`STORE_OPTIONS` are the four every adapter takes.
     * :func:`store_url` is the store of a backend (``store=``, else the broker's Redis; required
       for other brokers), :func:`store_from_url` builds it.
     * :func:`driver_missing` is the error for a queue library that is not installed.
@@ -48,7 +48,8 @@ A third-party adapter's factory, with the kit::
         kit.probe_redis(broker, "the mine broker")
         store = kit.store_url("mine", kind, broker, opts["store"])
         queue = MyQueue(broker, prefetch=opts["prefetch"])
-        return Backend(kit.store_from_url(store, prefix=opts["prefix"], lease=opts["lease"]), queue, name=f"mine+{kind}")
+        st = kit.store_from_url(store, prefix=opts["prefix"], lease=opts["lease"], window=opts["window"])
+        return Backend(st, queue, name=f"mine+{kind}")
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from __future__ import annotations
 from .backend_string import (
     DEFAULT_REDIS,
     STORE_OPTIONS,
+    WINDOW,
     BrokerURL,
     Option,
     broker_url,
@@ -74,7 +76,7 @@ from .store import store_from_url, store_url
 from .supervise import SUPERVISOR_ENV, GracefulStop, Supervisor, watch_parent
 
 __all__ = [
-    "DEFAULT_REDIS", "PROBE_TIMEOUT", "STORE_OPTIONS", "SUPERVISOR_ENV",
+    "DEFAULT_REDIS", "PROBE_TIMEOUT", "STORE_OPTIONS", "SUPERVISOR_ENV", "WINDOW",
     "BrokerURL", "EvictionWarning", "GracefulStop", "Option", "ProcessBackend", "Supervisor",
     "broker_url", "check_options", "choice", "driver_missing", "flag", "integer", "log_level",
     "probe_redis", "reaching", "reason", "redis_errors", "seconds", "store_from_url", "store_url",

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from ..errors import BackendDriverMissing, ConfigurationError
+from ..fairshare import DEFAULT_WINDOW
 from ..options import redact_url, sqlite_path
 from .redis_probe import probe_redis
 
@@ -29,13 +30,22 @@ def store_url(adapter: str, kind: str, broker: str, store: str | None) -> str:
     )
 
 
-def store_from_url(store_url: str, *, prefix: str, lease: float, probe: bool = True, **cluster: Any) -> Any:
+def store_from_url(
+    store_url: str, *, prefix: str, lease: float, probe: bool = True, window: int = DEFAULT_WINDOW, **cluster: Any
+) -> Any:
     """The store a ``store=`` option names: ``redis://``, ``rediss://``, ``unix://`` (the Redis
     store; checked with :func:`probe_redis` first unless ``probe`` is false, e.g. because it is
     the broker's Redis, checked already), ``redis+cluster://host:port,host:port/`` (the Redis
     Cluster store; its options ``wait``, ``wait_timeout``, ``retry_for`` in its own query, or
     as ``cluster`` keywords), ``sqlite:///path`` (the SQLite store) or ``postgresql://`` (the
-    PostgreSQL store; checked as it connects)."""
+    PostgreSQL store; checked as it connects). ``window``: tickets per queue in the broker, at
+    most (the ``window=`` option)."""
+    store = _open(store_url, prefix=prefix, lease=lease, probe=probe, **cluster)
+    store.window = int(window)
+    return store
+
+
+def _open(store_url: str, *, prefix: str, lease: float, probe: bool, **cluster: Any) -> Any:
     if store_url.startswith(("redis+cluster://", "redis cluster://")):  # (a query string's '+' reads as a space)
         try:
             from ..redis.cluster import RedisClusterStore

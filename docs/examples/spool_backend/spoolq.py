@@ -130,7 +130,7 @@ def backend_from_url(url: str = "spoolq", **options: Any) -> Backend:
         raise ConfigurationError(
             "the spoolq backend needs dir= (the spool directory) and store= (e.g. store=sqlite:////var/lib/app/tasks.db)"
         )
-    store = kit.store_from_url(opts["store"], prefix=opts["prefix"], lease=opts["lease"])
+    store = kit.store_from_url(opts["store"], prefix=opts["prefix"], lease=opts["lease"], window=opts["window"])
     return Backend(store, SpoolQueue(opts["dir"], poll=opts["poll"]), name="spoolq")
 
 
