@@ -61,7 +61,7 @@ def test_unknown_embedded_option_lists_what_the_backend_takes() -> None:
     with pytest.raises(ConfigurationError) as info:
         connect("memory?leas=3")
     assert type(info.value) is ConfigurationError
-    assert str(info.value) == "unknown option 'leas' (did you mean 'lease'?) for the memory backend; it takes: lease, threads"
+    assert str(info.value) == "unknown option 'leas' (did you mean 'lease'?) for the memory backend; it takes: lease, threads, window"
 
 
 def test_bad_option_from_the_cli_is_one_line_not_a_traceback() -> None:
@@ -89,7 +89,7 @@ def test_redis_backend_options_are_checked() -> None:
     with pytest.raises(ConfigurationError) as info:
         connect(f"redis://{REDIS_ADDR}/0?prefx=a")
     assert type(info.value) is ConfigurationError
-    assert "'prefx' (did you mean 'prefix'?) for the redis backend; it takes: lease, prefix, threads" in str(info.value)
+    assert "'prefx' (did you mean 'prefix'?) for the redis backend; it takes: lease, prefix, threads, window" in str(info.value)
     with pytest.raises(ConfigurationError, match=r"the redis option lease='abc' \(str\) must be a number of seconds"):
         connect(f"redis://{REDIS_ADDR}/0?lease=abc")
 
