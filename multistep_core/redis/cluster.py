@@ -49,6 +49,7 @@ from ..model import Dispatch, Failure, Progress, Rejected, Start, TaskOptions, T
 from ..options import redact_url
 from ..store import DEFAULT_LEASE, Store
 from .base import DEFAULT_PREFIX, MAX_REJECTED, _s
+from .rows import rejected_entries
 from .scripts import PLAIN_SCRIPTS, STORE_SCRIPTS, Scripts, explain, source
 from .store import RedisStore
 
@@ -641,17 +642,10 @@ class RedisClusterStore(Store):
         return TaskPage(page, query.offset, query.limit, total if query.count else None, more or len(merged) > want)
 
     def rejected(self, limit: int = 100) -> list[Rejected]:
-        import json
-
         if limit <= 0:
             return []
         with self._errors():
-            items = self.r.lrange(self._k_rejected, 0, limit - 1)
-        out = []
-        for it in items:
-            d = json.loads(_s(it))
-            out.append(Rejected(raw=d["raw"], reason=d["reason"], at=d["at"]))
-        return out
+            return rejected_entries(self.r.lrange(self._k_rejected, 0, limit - 1))
 
     def close(self) -> None:
         try:

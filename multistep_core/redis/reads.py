@@ -12,7 +12,7 @@ from ..fairshare import GroupRow, QueueRow
 from ..listing import JobDetail, TaskPage, TaskQuery
 from ..model import Failure, Progress, Rejected, TaskState
 from .base import RedisBase, _s
-from .rows import _STATE_CODE, _progress
+from .rows import _STATE_CODE, _progress, rejected_entries
 
 
 class RedisReads(RedisBase):
@@ -88,12 +88,7 @@ class RedisReads(RedisBase):
         if limit <= 0:
             return []
         with self._errors():
-            items = self.r.lrange(self._k_rejected, 0, limit - 1)
-        out = []
-        for it in items:
-            d = json.loads(_s(it))
-            out.append(Rejected(raw=d["raw"], reason=d["reason"], at=d["at"]))
-        return out
+            return rejected_entries(self.r.lrange(self._k_rejected, 0, limit - 1))
 
     def job_states(self, task_id: str) -> dict[str, str]:
         k = self.keys(task_id)

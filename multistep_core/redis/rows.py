@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..model import Progress, TaskOptions, TaskState
+from ..model import Progress, Rejected, TaskOptions, TaskState
 
 _STATE_CODE = {"p": "pending", "r": "running", "w": "retry_wait", "s": "succeeded", "f": "failed"}
 
@@ -38,3 +38,12 @@ def _progress(tid: str, m: dict[str, str]) -> Progress:
         options=TaskOptions.from_dict(json.loads(m["opts"])),
         parent=m.get("parent") or None,
     )
+
+
+def rejected_entries(items: list[Any]) -> list[Rejected]:
+    """The entries of a rejected-messages list (JSON, newest first) as :class:`Rejected`."""
+    out = []
+    for it in items:
+        d = json.loads(it.decode("utf-8") if isinstance(it, bytes) else it)
+        out.append(Rejected(raw=d["raw"], reason=d["reason"], at=d["at"]))
+    return out
