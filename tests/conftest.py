@@ -97,7 +97,7 @@ def rabbitmq_service(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_service() -> str:
+def postgres_service(request: pytest.FixtureRequest) -> str:
     """The URL of the tests' PostgreSQL database, dropped and created afresh once per session
     (UTF8); skipped (failed under CI) when the server is down or psycopg is not installed."""
     from urllib.parse import urlsplit
@@ -105,7 +105,7 @@ def postgres_service() -> str:
     from services import POSTGRES_URL
 
     parts = urlsplit(POSTGRES_URL)
-    require_service("PostgreSQL", parts.hostname or "127.0.0.1", parts.port or 5432)
+    _service(request, "PostgreSQL", parts.hostname or "127.0.0.1", parts.port or 5432, "postgres")
     try:
         import psycopg
     except ImportError:

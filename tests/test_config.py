@@ -61,7 +61,9 @@ def test_unknown_embedded_option_lists_what_the_backend_takes() -> None:
     with pytest.raises(ConfigurationError) as info:
         connect("memory?leas=3")
     assert type(info.value) is ConfigurationError
-    assert str(info.value) == "unknown option 'leas' (did you mean 'lease'?) for the memory backend; it takes: lease, threads, window"
+    assert str(info.value) == (
+        "unknown option 'leas' (did you mean 'lease'?) for the memory backend; it takes: lease, threads, window"
+    )
 
 
 def test_bad_option_from_the_cli_is_one_line_not_a_traceback() -> None:

@@ -82,14 +82,16 @@ def test_the_compose_file_defines_the_services_the_tests_use() -> None:
     yaml = require_module("yaml")
     compose = yaml.safe_load(COMPOSE_FILE.read_text("utf-8"))  # type: ignore[attr-defined]
     services = compose["services"]
-    assert set(services) == {"redis", "rabbitmq"}
-    redis, rabbit = services["redis"], services["rabbitmq"]
+    assert set(services) == {"redis", "rabbitmq", "postgres"}
+    redis, rabbit, pg = services["redis"], services["rabbitmq"], services["postgres"]
     assert redis["image"].startswith("redis:") and rabbit["image"].startswith("rabbitmq:")
     assert redis["ports"] == ["127.0.0.1:${MULTISTEP_REDIS_PORT:-6379}:6379"]
     assert "127.0.0.1:5672:5672" in rabbit["ports"]
     assert "noeviction" in redis["command"]  # an evicted key is a lost task
     assert rabbit["environment"] == {"RABBITMQ_DEFAULT_USER": "guest", "RABBITMQ_DEFAULT_PASS": "guest"}
-    for svc in (redis, rabbit):
+    assert pg["image"].startswith("postgres:") and "127.0.0.1:5432:5432" in pg["ports"]
+    assert pg["environment"] == {"POSTGRES_HOST_AUTH_METHOD": "trust"}  # the tests' URL has no password
+    for svc in (redis, rabbit, pg):
         assert svc["healthcheck"]["test"][0] == "CMD"
 
 
