@@ -40,18 +40,13 @@ def store_from_url(
     as ``cluster`` keywords), ``sqlite:///path`` (the SQLite store) or ``postgresql://`` (the
     PostgreSQL store; checked as it connects). ``window``: tickets per queue in the broker, at
     most (the ``window=`` option)."""
-    store = _open(store_url, prefix=prefix, lease=lease, probe=probe, **cluster)
-    store.window = int(window)
-    return store
-
-
-def _open(store_url: str, *, prefix: str, lease: float, probe: bool, **cluster: Any) -> Any:
+    window = int(window)
     if store_url.startswith(("redis+cluster://", "redis cluster://")):  # (a query string's '+' reads as a space)
         try:
             from ..redis.cluster import RedisClusterStore
         except ImportError as exc:  # pragma: no cover - redis comes with every adapter's extra
             raise BackendDriverMissing(f'the Redis Cluster store needs redis-py: pip install "multistep[redis]" ({exc})') from exc
-        return RedisClusterStore(store_url, prefix=prefix, lease=lease, **cluster)
+        return RedisClusterStore(store_url, prefix=prefix, lease=lease, window=window, **cluster)
     if store_url.startswith(("redis://", "rediss://", "unix://")):
         try:
             from ..redis import RedisStore
@@ -59,11 +54,11 @@ def _open(store_url: str, *, prefix: str, lease: float, probe: bool, **cluster: 
             raise BackendDriverMissing(f'the Redis store needs redis-py: pip install "multistep[redis]" ({exc})') from exc
         if probe:
             probe_redis(store_url, "the Redis store")
-        return RedisStore(store_url, prefix=prefix, lease=lease)
+        return RedisStore(store_url, prefix=prefix, lease=lease, window=window)
     if store_url.startswith("sqlite:"):
         from ..embedded.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(store_url), lease=lease)
+        return SQLiteStore(sqlite_path(store_url), lease=lease, window=window)
     if store_url.startswith(("postgresql://", "postgres://")):
         try:
             from ..postgres.store import PostgresStore
@@ -71,7 +66,7 @@ def _open(store_url: str, *, prefix: str, lease: float, probe: bool, **cluster: 
             raise BackendDriverMissing(
                 f'the PostgreSQL store needs psycopg 3: pip install "multistep[postgres]" ({exc})'
             ) from exc
-        return PostgresStore(store_url, prefix=prefix, lease=lease)
+        return PostgresStore(store_url, prefix=prefix, lease=lease, window=window)
     raise ConfigurationError(
         f"store must be a redis://, redis+cluster://, sqlite:/// or postgresql:// URL, not {redact_url(store_url)!r}"
     )

@@ -27,7 +27,6 @@ def postgres_backend(url: str = "postgresql", **options: Any) -> Backend:
     opts = check_options("postgresql", options, OPTIONS)
     store = PostgresStore(
         url if "://" in url else DEFAULT_URL, prefix=opts["prefix"], lease=opts["lease"],
-        upgrade=opts["upgrade"], retry_for=opts["retry_for"],
+        upgrade=opts["upgrade"], retry_for=opts["retry_for"], window=opts["window"],
     )
-    store.window = opts["window"]
     return Backend(store, ThreadQueue(opts["threads"]), name="postgresql")

@@ -30,6 +30,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from ..errors import BackendConnectionError, ConfigurationError, StoreError, TaskExists
+from ..fairshare import DEFAULT_WINDOW
 from ..forking import forget_connections_in_children
 from ..model import Dispatch, Failure, Progress, Rejected, Start, TaskState
 from ..options import redact_url
@@ -64,8 +65,9 @@ class PostgresStore(RowStore):
     server cannot be reached."""
 
     def __init__(self, url: str = DEFAULT_URL, *, prefix: str = "ms", lease: float = DEFAULT_LEASE,
-                 upgrade: bool = True, retry_for: float = 60.0, max_rejected: int = 1000) -> None:
-        super().__init__(lease=lease)
+                 upgrade: bool = True, retry_for: float = 60.0, max_rejected: int = 1000,
+                 window: int = DEFAULT_WINDOW) -> None:
+        super().__init__(lease=lease, window=window)
         self.url = url
         self.where = redact_url(url)
         self.prefix = schema.check_prefix(prefix)

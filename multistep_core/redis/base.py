@@ -32,6 +32,26 @@ def _s(v: Any) -> Any:
     return v
 
 
+def redis_driver(what: str) -> Any:
+    """The redis-py module, or :class:`BackendDriverMissing` naming ``what`` needs it."""
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        from ..errors import BackendDriverMissing
+
+        raise BackendDriverMissing(
+            f'{what} needs the redis package; install it with: pip install "multistep[redis]"'
+        ) from exc
+    return redis
+
+
+def check_prefix(prefix: object) -> str:
+    """A user's key prefix: non-empty, without braces (they would pick the keys' hash slot)."""
+    if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+        raise ConfigurationError(f"redis key prefix {prefix!r} must be a non-empty string without braces")
+    return prefix
+
+
 class RedisBase(Store):
     """Connection, scripts and keys of one Redis store (``prefix`` namespaces its keys)."""
 
@@ -49,16 +69,11 @@ class RedisBase(Store):
         max_rejected: int = MAX_REJECTED,
         window: int = DEFAULT_WINDOW,
     ) -> None:
-        try:
-            import redis
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            from ..errors import BackendDriverMissing
-
-            raise BackendDriverMissing(
-                'the redis store needs the redis package; install it with: pip install "multistep[redis]"'
-            ) from exc
-        if not isinstance(prefix, str) or not prefix or (("{" in prefix or "}" in prefix) and not self._hash_tagged_prefix):
-            raise ConfigurationError(f"redis key prefix {prefix!r} must be a non-empty string without braces")
+        redis = redis_driver("the redis store")
+        if not self._hash_tagged_prefix:
+            check_prefix(prefix)
+        elif not isinstance(prefix, str) or not prefix:  # pragma: no cover - built by the cluster router
+            raise ConfigurationError(f"redis key prefix {prefix!r} must be a non-empty string")
         self.lease = float(lease)
         self.window = int(window)
         self.prefix = prefix

@@ -33,11 +33,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 from ..errors import (
     BackendConnectionError,
-    BackendDriverMissing,
     ConfigurationError,
     StoreError,
     TaskExists,
@@ -48,15 +46,14 @@ from ..listing import MAX_PAGE, JobDetail, TaskPage, TaskQuery, page_of
 from ..model import Dispatch, Failure, Progress, Rejected, Start, TaskOptions, TaskState
 from ..options import redact_url
 from ..store import DEFAULT_LEASE, Store
-from .base import DEFAULT_PREFIX, MAX_REJECTED, _s
+from .base import DEFAULT_PREFIX, MAX_REJECTED, _s, check_prefix, redis_driver
+from .cluster_url import DEFAULT_CLUSTER_URL, _int_option, parse_cluster_url
 from .rows import rejected_entries
 from .scripts import PLAIN_SCRIPTS, STORE_SCRIPTS, Scripts, explain, source
 from .store import RedisStore
 
 log = logging.getLogger("multistep.redis.cluster")
 
-SCHEME = "redis+cluster"
-DEFAULT_CLUSTER_URL = "redis+cluster://127.0.0.1:7000/"
 BUCKETS = 64  # buckets of the task → queue index
 NOWHERE = "!none"  # the shard unknown task ids are routed to (no queue is named so: it holds nothing)
 RETRY_FOR = 30.0  # seconds a transition keeps retrying while a slot has no reachable primary
@@ -65,67 +62,6 @@ READ_ONLY = frozenset({"failures", "job_states"})  # scripts that write nothing 
 WRITES = frozenset({"HSETNX", "HSET", "HDEL", "SADD", "LPUSH"})  # the router's own writes (WAIT after them)
 CACHE_MAX = 200_000  # task ids whose queue this process remembers
 
-#: options a ``redis+cluster://`` URL takes in its query
-URL_OPTIONS = ("wait", "wait_timeout", "retry_for")
-
-
-def _int_option(name: str, value: Any, low: int, what: str) -> int:
-    try:
-        v = int(str(value))
-    except ValueError:
-        v = low - 1
-    if v < low:
-        raise ConfigurationError(f"{name}={value!r} for the Redis Cluster store: it must be {what}")
-    return v
-
-
-def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, str], str | None, str | None]:
-    """``redis+cluster://[user:password@]host:port[,host:port...][/][?options]`` → the nodes,
-    the options of its query, the user name and the password. Raise :class:`ConfigurationError`
-    saying what is wrong and what a good URL looks like."""
-    example = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"
-    # the query parser of a backend string reads '+' as a space: 'redis cluster://' is the same URL
-    if url.startswith("redis cluster://"):
-        url = SCHEME + url[len("redis cluster"):]
-    if not url.startswith(SCHEME + "://"):
-        raise ConfigurationError(f"a Redis Cluster URL starts with {SCHEME}://, e.g. {example}; not {redact_url(url)!r}")
-    rest = url[len(SCHEME) + 3:]
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    if path.strip("/") not in ("", "0"):
-        raise ConfigurationError(
-            f"a Redis Cluster has database 0 only; remove /{path} from {redact_url(url)!r} (e.g. {example})"
-        )
-    user = password = None
-    if "@" in netloc:
-        auth, _, netloc = netloc.rpartition("@")
-        if ":" in auth:
-            u, _, p = auth.partition(":")
-            user, password = (unquote(u) or None), unquote(p)
-        else:
-            password = unquote(auth)
-    nodes: list[tuple[str, int]] = []
-    for part in netloc.split(","):
-        host, sep, port = part.strip().rpartition(":")
-        if not part.strip():
-            continue
-        if not sep:
-            host, port = part.strip(), "6379"
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigurationError(
-                f"{part!r} in {redact_url(url)!r} is not host:port; list one or more nodes of the cluster, e.g. {example}"
-            )
-        nodes.append((host.strip("[]"), int(port)))
-    if not nodes:
-        raise ConfigurationError(f"{redact_url(url)!r} names no node; list one or more nodes of the cluster, e.g. {example}")
-    opts = dict(parse_qsl(query, keep_blank_values=True))
-    unknown = sorted(set(opts) - set(URL_OPTIONS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} in the Redis Cluster URL {redact_url(url)!r}; "
-            f"it takes: {', '.join(URL_OPTIONS)}"
-        )
-    return nodes, opts, user, password
 
 
 class _Shard(RedisStore):
@@ -184,15 +120,10 @@ class RedisClusterStore(Store):
         client: Any = None,
         max_rejected: int = MAX_REJECTED,
     ) -> None:
-        try:
-            import redis
-            from redis.cluster import ClusterNode, RedisCluster
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise BackendDriverMissing(
-                'the Redis Cluster store needs the redis package; install it with: pip install "multistep[redis]"'
-            ) from exc
-        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-            raise ConfigurationError(f"redis key prefix {prefix!r} must be a non-empty string without braces")
+        redis = redis_driver("the Redis Cluster store")
+        from redis.cluster import ClusterNode, RedisCluster
+
+        check_prefix(prefix)
         nodes, opts, user, password = parse_cluster_url(url)
         self.url = url
         self.prefix = prefix
