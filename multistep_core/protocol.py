@@ -106,10 +106,13 @@ class Store(ABC):
         *,
         result: str | None = None,
         error: Failure | None = None,
+        go_on: bool = False,
     ) -> tuple[Dispatch, Start]:
         """:meth:`finish` of ``ref``, then start the next waiting job of the same task if its
-        cap allows (a worker running a task's jobs ``per_message`` at a time); one round trip
-        on a store that can."""
+        cap allows (a worker running a task's jobs ``per_message`` at a time), or with
+        ``go_on`` the job a ticket of the task's queue would start now, without a ticket (a
+        worker going on from one job to the next: docs/fairness.md); never parks. One round
+        trip on a store that can."""
 
     @abstractmethod
     def release(self, queue: str, now: float) -> Dispatch:

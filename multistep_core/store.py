@@ -393,29 +393,36 @@ class RowStore(RowReads, Store):
             q = qs(queue)
             if q.tickets.pop(ticket, None) is None:
                 return Start(False, "stale-ticket")
-            for _key, g in q.order():
-                for task_id in sorted(g.tasks, key=lambda t, vts=g.tasks: (vts[t], t)):  # type: ignore[misc]
-                    task = tx.get_task(task_id)
-                    if task is None or task.state not in (TaskState.OPEN, TaskState.RUNNING):
-                        g.tasks.pop(task_id, None)  # pragma: no cover - ended tasks leave the line
-                        continue
-                    cap = task.options.max_concurrency
-                    if cap > 0 and task.running >= cap:
-                        continue
-                    row = self._next_row(tx, qs, task)
-                    if row is None:
-                        self._after_take(qs, task)
-                        tx.put_task(task)
-                        continue
-                    q.charge(g, task_id, task.options.weight)
-                    st = self._start_row(tx, qs, task, row, now)
-                    self._after_take(qs, task)
-                    tx.put_task(task)
-                    return st
+            st = self._take_fairest(tx, qs, q, now)
+            if st is not None:
+                return st
             if q.waiting > 0:
                 q.parked += 1  # only capped work: owed back when a running job ends
                 return Start(False, "capped")
             return Start(False, "no-work")
+
+    def _take_fairest(self, tx: Txn, qs: _Queues, q: QueueRow, now: float) -> Start | None:
+        """Start the next job of the fairest task of ``q`` under its caps; None if none may start."""
+        for _key, g in q.order():
+            for task_id in sorted(g.tasks, key=lambda t, vts=g.tasks: (vts[t], t)):  # type: ignore[misc]
+                task = tx.get_task(task_id)
+                if task is None or task.state not in (TaskState.OPEN, TaskState.RUNNING):
+                    g.tasks.pop(task_id, None)  # pragma: no cover - ended tasks leave the line
+                    continue
+                cap = task.options.max_concurrency
+                if cap > 0 and task.running >= cap:
+                    continue
+                row = self._next_row(tx, qs, task)
+                if row is None:
+                    self._after_take(qs, task)
+                    tx.put_task(task)
+                    continue
+                q.charge(g, task_id, task.options.weight)
+                st = self._start_row(tx, qs, task, row, now)
+                self._after_take(qs, task)
+                tx.put_task(task)
+                return st
+        return None
 
     def take_next(
         self,
@@ -426,10 +433,14 @@ class RowStore(RowReads, Store):
         *,
         result: str | None = None,
         error: Failure | None = None,
+        go_on: bool = False,
     ) -> tuple[Dispatch, Start]:
         with self._txq() as (tx, qs):
             d = self._finish(tx, qs, task_id, ref, attempt, now, result, error)
             task = tx.get_task(task_id)
+            if go_on and task is not None:  # the job a ticket of the queue would start, without one
+                st = self._take_fairest(tx, qs, qs(task.options.queue), now)
+                return d, st if st is not None else Start(False, "no-work")
             if task is None or task.state not in (TaskState.OPEN, TaskState.RUNNING):
                 return d, Start(False, "batch-done")
             cap = task.options.max_concurrency

@@ -1,6 +1,7 @@
 """Tickets and batches: a queue message is a ticket for the next job of a queue (its size never
 depends on the task's), ``add_jobs(..., per_message=k)`` lets the worker holding a ticket run
-up to k jobs of one task (one store round trip per job), a worker that dies mid-batch leaves
+up to k jobs of one task (one store round trip per job), a worker that finished a ticket's job
+goes on with the queue's fairest job without a ticket, a worker that dies mid-batch leaves
 the jobs it did not reach waiting for any other worker, and follow-ups run in the worker
 thread that decided them. Each test runs on the memory store and on the Redis store."""
 
@@ -127,8 +128,11 @@ def manual(request: pytest.FixtureRequest) -> Iterator[tuple[Backend, _Manual]]:
     q = _Manual()
     SEEN.clear()
     DIE_AT.clear()
+    backend = Backend(store, q, name="manual")
+    # per_message on its own: a worker going on would run every job from the first ticket
+    backend.runner.go_on_jobs = 0 if request.node.get_closest_marker("going_on") is None else 32
     try:
-        yield Backend(store, q, name="manual"), q
+        yield backend, q
     finally:
         r = getattr(store, "r", None)
         if r is not None:
@@ -275,3 +279,75 @@ def test_add_jobs_stores_what_make_spec_gives(fn: object, monkeypatch: pytest.Mo
     assert seen == want
     with backend.create_task() as task, pytest.raises(InvalidJob, match=r"argument 1 of packtest\.note"):
         task.add_jobs(note, [(1, {1, 2})])
+
+
+# -- going on ------------------------------------------------------------------------------
+
+
+@pytest.mark.going_on
+def test_a_worker_goes_on_with_the_queues_jobs_without_tickets(manual: tuple[Backend, _Manual]) -> None:
+    backend, q = manual
+    with backend.create_task("on-1") as task:
+        task.add_jobs(note, range(10))
+        task.add_finalization_job(final, "a")
+    out = _deliver(backend, q)
+    # the first ticket ran all ten jobs, going on from each to the next; the finalizer ran inline
+    # after them; the other nine tickets found no work (never more tickets than the window)
+    assert out == ["succeeded"] + ["skipped:no-work"] * 9
+    assert sorted(i for k, i in SEEN if k == "job") == list(range(10))
+    assert SEEN[-1] == ("final", 0) and task.progress().state == TaskState.SUCCEEDED
+
+
+@pytest.mark.going_on
+def test_going_on_takes_the_fairest_tasks_job(manual: tuple[Backend, _Manual]) -> None:
+    # Given a big task, and a small one created after it
+    backend, q = manual
+    with backend.create_task("on-big") as big:
+        big.add_jobs(note, range(100, 130))
+    with backend.create_task("on-small") as small:
+        small.add_jobs(note, range(3))
+    # When one worker goes on from the first ticket
+    backend.runner.handle(q.take_all()[0])
+    order = [i for k, i in SEEN if k == "job"]
+    # Then it ran both tasks' jobs, the small task's among the first few (round-robin), not after the big one
+    assert sorted(order) == list(range(3)) + list(range(100, 130))
+    assert max(order.index(i) for i in range(3)) <= 6
+    assert big.progress().state == small.progress().state == TaskState.SUCCEEDED
+
+
+@pytest.mark.going_on
+def test_going_on_is_bounded_by_jobs_and_by_time(manual: tuple[Backend, _Manual]) -> None:
+    backend, q = manual
+    backend.runner.go_on_jobs = 3
+    with backend.create_task("on-2") as task:
+        task.add_jobs(note, range(10))
+    tickets = q.take_all()
+    assert backend.runner.handle(tickets[0]) == "succeeded"
+    assert task.progress().succeeded == 4  # its own job, then three more
+    backend.runner.go_on_jobs, backend.runner.go_on_seconds = 32, 0.0
+    assert backend.runner.handle(tickets[1]) == "succeeded"
+    assert task.progress().succeeded == 5  # no time left to go on: one job per ticket
+    backend.runner.go_on_seconds = 60.0
+    assert backend.runner.handle(tickets[2]) == "succeeded"
+    assert task.progress().state == TaskState.SUCCEEDED
+
+
+@pytest.mark.going_on
+def test_a_worker_dying_while_going_on_leaves_the_rest_to_others(manual: tuple[Backend, _Manual]) -> None:
+    backend, q = manual
+    DIE_AT.add(3)
+    with backend.create_task("on-3") as task:
+        task.add_jobs(note, range(8))
+    tickets = q.take_all()
+    with pytest.raises(Died):
+        backend.runner.handle(tickets[0])
+    p = task.progress()
+    assert (p.succeeded, p.running, p.pending) == (3, 1, 4)  # jobs 0-2 done, 3 held by the dead worker
+    assert backend.runner.handle(tickets[1]) == "succeeded"  # another worker goes on with the rest
+    assert task.progress().succeeded == 7
+    store = backend.store
+    for d in store.claim_due(time.time() + 3 * store.lease):  # the dead worker's job after its lease
+        backend.dispatch(d)
+    _deliver(backend, q)
+    assert task.progress().state == TaskState.SUCCEEDED
+    assert sorted(i for k, i in SEEN if k == "job") == list(range(8))

@@ -579,6 +579,11 @@ class DifferentialTests:
             assert p.do("take", queue=q, ticket=3).reason == "capped"
             _, nxt = p.do("take_next", task_id=a, ref="j0", attempt=1, outcome="ok", result="1")
             assert nxt.run and nxt.ref == "j1"
+            # going on: b's group is at its cap, so the queue's next job is a's last
+            _, on = p.do("take_next", task_id=a, ref="j1", attempt=1, outcome="ok", go_on=True)
+            assert on.run and on.task_id == a and on.ref == "j2"
+            _, none = p.do("take_next", task_id=a, ref="j2", attempt=1, outcome="ok", go_on=True)
+            assert not none.run and none.reason == "no-work"  # nothing waits: going on never parks
             p.do("finish", task_id=b, ref="j0", attempt=1, outcome="ok")
             p.tick_to(p.run.now + 2 * lease)
             p.do("claim_due", limit=1000)

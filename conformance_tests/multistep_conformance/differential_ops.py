@@ -623,8 +623,15 @@ def _finish(store: Store, now: float, a: Args) -> Dispatch:
     return store.finish(a["task_id"], a["ref"], a["attempt"], now, result=a.get("result"), error=failure(a, now))
 
 
+def _take_next_args(run: Run, draw: Draw[Any]) -> Args:
+    a = _finish_args(run, draw)
+    a["go_on"] = draw(st.booleans())  # the same task's next job (per_message), or the queue's (going on)
+    return a
+
+
 def _take_next(store: Store, now: float, a: Args) -> tuple[Dispatch, Start]:
-    return store.take_next(a["task_id"], a["ref"], a["attempt"], now, result=a.get("result"), error=failure(a, now))
+    return store.take_next(a["task_id"], a["ref"], a["attempt"], now, result=a.get("result"), error=failure(a, now),
+                           go_on=a.get("go_on", False))
 
 
 # -- what the run learns from the reference's answer -------------------------------------
@@ -695,7 +702,7 @@ OPS: tuple[Op, ...] = (
     Op("renew", _renew_args, lambda s, now, a: s.renew(a["task_id"], a["ref"], a["attempt"], now),
        learn=_learn_renew, weight=_when(has_running, 3)),
     Op("finish", _finish_args, _finish, norm_dispatch, _learn_finish, weight=_when(has_running, 12, 2)),
-    Op("take_next", _finish_args, _take_next, norm_pair, _learn_take_next, weight=_when(has_running, 5)),
+    Op("take_next", _take_next_args, _take_next, norm_pair, _learn_take_next, weight=_when(has_running, 5)),
     Op("cancel", _cancel_args, lambda s, now, a: s.cancel_and_dispatch(a["task_id"], a["by"], now),
        lambda r, run: (r[0], norm_dispatch(r[1])) if isinstance(r, tuple) else r, weight=1),
     Op("add_subtask", _subtask_args, lambda s, now, a: s.add_subtask(a["parent"], a["child"], a["options"],

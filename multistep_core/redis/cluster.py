@@ -443,8 +443,8 @@ class RedisClusterStore(Store):
         return self._route(task_id).finish(task_id, ref, attempt, now, result=result, error=error)
 
     def take_next(self, task_id: str, ref: str, attempt: int, now: float, *, result: str | None = None,
-                  error: Failure | None = None) -> tuple[Dispatch, Start]:
-        return self._route(task_id).take_next(task_id, ref, attempt, now, result=result, error=error)
+                  error: Failure | None = None, go_on: bool = False) -> tuple[Dispatch, Start]:
+        return self._route(task_id).take_next(task_id, ref, attempt, now, result=result, error=error, go_on=go_on)
 
     def cancel(self, task_id: str, by: str, now: float) -> bool:
         return self.cancel_and_dispatch(task_id, by, now)[0]

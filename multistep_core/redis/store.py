@@ -145,8 +145,10 @@ class RedisStore(RedisReads, DueIndex):
         *,
         result: str | None = None,
         error: Failure | None = None,
+        go_on: bool = False,
     ) -> tuple[Dispatch, Start]:
-        res = self._call("take_next", task_id, now, self._finish_args(ref, attempt, result, error))
+        args = [*self._finish_args(ref, attempt, result, error), "1" if go_on else "0"]
+        res = self._call("take_next", task_id, now, args)
         cut = res.index("S", 3)  # after status, queue (which may be "S") and ref
         start = res[cut + 1 :]
         start = start[: 8 if int(start[0]) == 1 else 2]

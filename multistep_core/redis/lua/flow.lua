@@ -269,3 +269,48 @@ local function out(d, status)
   for _, t in ipairs(d.t) do ret[#ret + 1] = t end
   return ret
 end
+
+-- start the next job of the fairest task of queue q under its caps (RowStore._take_fairest):
+-- the start reply, or nil. Groups with waiting tasks, fairest first (vt, key), visited in pages
+-- by rank: a group leaves the zset only once visited, so ranks shift by the groups that left.
+local function take_fairest(q)
+  local PAGE = 32
+  local gpos, gleft = 0, 0
+  while true do
+    local gs = redis.call('ZRANGE', q.kg, gpos - gleft, gpos - gleft + PAGE - 1)
+    if #gs == 0 then return nil end
+    gpos = gpos + #gs
+    for _, key in ipairs(gs) do
+      local g = gload(q, key)
+      if g ~= nil and (g.limit <= 0 or g.running < g.limit) then
+        local tpos, tleft = 0, 0
+        while true do
+          local ts = redis.call('ZRANGE', g.kt, tpos - tleft, tpos - tleft + PAGE - 1)
+          if #ts == 0 then break end
+          tpos = tpos + #ts
+          for _, tid in ipairs(ts) do
+            bind(tid)
+            if not load_task() or not is_live() then
+              redis.call('ZREM', g.kt, tid)  -- ended tasks leave the line (not reached)
+              g.ntasks = g.ntasks - 1
+              gsave(q, g)
+              tleft = tleft + 1
+            elseif not (T.maxc > 0 and T.running >= T.maxc) then
+              local ref, r = next_row()
+              if ref == nil then
+                after_take()
+                tleft = tleft + 1
+              else
+                charge(q, g, tid, T.weight)
+                local st = start_row(ref, r)
+                after_take()
+                return st
+              end
+            end
+          end
+        end
+        if g.ntasks == 0 then gleft = gleft + 1 end
+      end
+    end
+  end
+end

@@ -1,5 +1,6 @@
 -- take_next.lua (task script): finish.lua, then the start of the task's next waiting job
--- if its caps allow (RowStore.take_next). ARGV[6..]: as finish.lua
+-- if its caps allow, or with ARGV[14] == '1' (go on) the job a ticket of the task's queue would
+-- start, without one (RowStore.take_next). ARGV[6..13]: as finish.lua
 -- Returns {'ok', queue, ref or '', ticket...} .. then the start: {'S', run, reason, spec, attempt, keep, task, ref, batch}
 bind(ARGV[5])
 if not load_task() then return {'ok', '', '', 'S', 0, 'batch-done'} end
@@ -14,6 +15,11 @@ local function reply(st)
   ret[#ret + 1] = 'S'
   for _, v in ipairs(st) do ret[#ret + 1] = v end
   return extras(ret)
+end
+if ARGV[14] == '1' then
+  local st = take_fairest(queue(T.queue))
+  bind(ARGV[5])
+  return reply(st or {0, 'no-work'})
 end
 local done = {0, 'batch-done'}
 if not is_live() then return reply(done) end
