@@ -111,6 +111,7 @@ class QueueRow:
         (parked tickets count as held: they come back when a running job ends), once it holds
         half the window or less: a deep backlog is refilled in batches of half a window, one
         send per ``window // 2`` finished jobs instead of one per job (:data:`REFILL_AT`)."""
+        self.owe_at_most_waiting()
         held = len(self.tickets) + self.parked
         if held > window * REFILL_AT:
             return ()
@@ -118,10 +119,18 @@ class QueueRow:
 
     def unpark(self, now: float) -> tuple[int, ...]:
         """A running job ended: a ticket parked on capped work may go out again."""
+        self.owe_at_most_waiting()
         if self.parked <= 0:
             return ()
         self.parked -= 1
         return self.issue(1, now)
+
+    def owe_at_most_waiting(self) -> None:
+        """A parked ticket is owed to a waiting job: no more are owed than jobs wait. (A worker
+        going on takes the room a job's end opened, so the ticket that end sent back parks again;
+        without this, tickets owed to work that is gone would hold the window's share, and with
+        no job running never come back.)"""
+        self.parked = min(self.parked, max(self.waiting, 0))
 
     def expired_tickets(self, now: float, timeout: float) -> tuple[int, ...]:
         """Tickets presumed lost: re-send each (same number) and back off its next re-send."""

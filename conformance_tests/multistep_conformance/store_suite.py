@@ -212,6 +212,35 @@ class StoreTests(FairStoreTests, NestedStoreTests):
         p = store.progress(tid)
         assert p is not None and p.state == TaskState.SUCCEEDED
 
+    def test_workers_going_on_past_a_cap_leave_no_ticket_owed(self, store: Store) -> None:
+        # Given a task capped at two running jobs, two workers running its first two, and the
+        # other six tickets parked on the cap
+        q = fresh_id("q")
+        tid = self._task(store, n=8, queue=q, max_concurrency=2)
+        now = time.time()
+        store.seal(tid, now)
+        t1, t2, *rest = store.release(q, now).tickets
+        running = [store.take(q, t1, now), store.take(q, t2, now)]
+        assert [store.take(q, t, now).reason for t in rest] == ["capped"] * 6
+        # When each worker goes on from job to job: every end sends a parked ticket back, and that
+        # ticket finds the cap taken again by the worker that went on (or, at the end, no work)
+        done: list[str] = []
+        while running:
+            st_ = running.pop(0)
+            done.append(st_.ref)
+            d, nxt = store.take_next(tid, st_.ref, st_.attempt, now, go_on=True)
+            if nxt.run:
+                running.append(nxt)
+            for t in d.tickets:
+                assert store.take(q, t, now).reason in ("capped", "no-work")
+        assert sorted(done, key=lambda r: int(r[1:])) == [f"j{i}" for i in range(8)]
+        # Then nothing is owed once no job waits: a new task of the queue gets one ticket per job
+        # (tickets owed to work that is gone would hold their share of the window, and with no
+        # job running would never come back)
+        other = self._task(store, n=3, queue=q)
+        store.seal(other, now)
+        assert len(store.release(q, now).tickets) == 3
+
     def test_ids_and_transitions_errors(self, store: Store) -> None:
         tid = self._task(store, n=0)
         with pytest.raises(TaskExists):

@@ -46,7 +46,13 @@ end
 
 -- tickets until the broker holds one per waiting job, at most WINDOW (parked ones count),
 -- once it holds half the window or less (fairshare.QueueRow.top_up, REFILL_AT)
+-- no more parked tickets are owed than jobs wait (fairshare.QueueRow.owe_at_most_waiting)
+local function owe_at_most_waiting(q)
+  if q.parked > q.waiting then q.parked = math.max(q.waiting, 0) end
+end
+
 local function top_up(q, out)
+  owe_at_most_waiting(q)
   local held = redis.call('ZCARD', q.kt) + q.parked
   if held > WINDOW * 0.5 then return end
   local w = q.waiting
@@ -55,6 +61,7 @@ local function top_up(q, out)
 end
 
 local function unpark(q, out)
+  owe_at_most_waiting(q)
   if q.parked <= 0 then return end
   q.parked = q.parked - 1
   issue(q, 1, out)
