@@ -191,7 +191,8 @@ def test_the_backend_is_built_once_per_worker_process(tmp_path: Path, worker_cla
         if worker_class == "simple":
             assert pids == {proc.pid}  # run in the worker process itself
         else:
-            assert proc.pid not in pids and len(pids) == 6  # one forked work horse per job
+            # a forked work horse per message; a horse goes on from job to job while jobs wait
+            assert proc.pid not in pids and 1 <= len(pids) <= 6
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     finally:
