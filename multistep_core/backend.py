@@ -69,13 +69,17 @@ def _who() -> str:
 class Backend:
     """A store and a queue, and everything built on their primitives."""
 
-    def __init__(self, store: Store, queue: Queue, *, name: str = "custom", eager: bool = False) -> None:
+    def __init__(
+        self, store: Store, queue: Queue, *, name: str = "custom", eager: bool = False, go_on: int | None = None
+    ) -> None:
         self.store = store
         self.queue = queue
         self.name = name
         self.eager = eager
         observe.autoload()
         self.runner = Runner(self)
+        if go_on is not None:  # the go_on= option: jobs a worker goes on to per ticket
+            self.runner.go_on_jobs = go_on
         self._recovery: Recovery | None = None
         # An in-process backend recovers due work once this process sends work of its own: a
         # process that only reads never runs (and fails) jobs it has not registered.

@@ -34,6 +34,9 @@ from typing import Any
 #: the workers serving the queue (the broker holds at least half while jobs wait; see
 #: :data:`REFILL_AT`), so none of them waits for a ticket.
 DEFAULT_WINDOW = 64
+#: Jobs a worker goes on to after a ticket's job, without a ticket (the ``go_on=`` option;
+#: docs/fairness.md, "Going on"); 0: one job per ticket.
+DEFAULT_GO_ON = 32
 #: A ticket not taken within this many leases is presumed lost and sent again.
 TICKET_TIMEOUT_LEASES = 2.0
 #: Re-sends of one ticket back off exponentially, up to this many timeouts apart (so a queue

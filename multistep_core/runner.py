@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import epoch, observe
 from .context import JobContext, _current
+from .fairshare import DEFAULT_GO_ON
 from .faults import crash_point
 from .model import CALLBACK, FINALIZER, Dispatch, Failure, JobSpec, Start, decode
 from .registry import lookup, registered_names
@@ -138,7 +139,7 @@ class Runner:
     #: ticket of the queue would start now (the fairest task's), without a trip through the
     #: broker, for up to this many jobs and this many seconds per message (docs/fairness.md,
     #: "Going on"). 0 turns it off: every job then waits for a ticket of its own.
-    go_on_jobs = 32
+    go_on_jobs = DEFAULT_GO_ON  # the go_on= option of every backend string
     go_on_seconds = 1.0
 
     def __init__(self, backend: Backend) -> None:

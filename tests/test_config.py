@@ -62,7 +62,7 @@ def test_unknown_embedded_option_lists_what_the_backend_takes() -> None:
         connect("memory?leas=3")
     assert type(info.value) is ConfigurationError
     assert str(info.value) == (
-        "unknown option 'leas' (did you mean 'lease'?) for the memory backend; it takes: lease, threads, window"
+        "unknown option 'leas' (did you mean 'lease'?) for the memory backend; it takes: go_on, lease, threads, window"
     )
 
 
@@ -91,7 +91,8 @@ def test_redis_backend_options_are_checked() -> None:
     with pytest.raises(ConfigurationError) as info:
         connect(f"redis://{REDIS_ADDR}/0?prefx=a")
     assert type(info.value) is ConfigurationError
-    assert "'prefx' (did you mean 'prefix'?) for the redis backend; it takes: lease, prefix, threads, window" in str(info.value)
+    takes = "it takes: go_on, lease, prefix, threads, window"
+    assert f"'prefx' (did you mean 'prefix'?) for the redis backend; {takes}" in str(info.value)
     with pytest.raises(ConfigurationError, match=r"the redis option lease='abc' \(str\) must be a number of seconds"):
         connect(f"redis://{REDIS_ADDR}/0?lease=abc")
 
@@ -177,6 +178,41 @@ def test_window_option_sets_the_tickets_a_queue_gets(url: str, tmp_path: Path) -
         b.store.delete(tid)
     finally:
         b.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory?go_on=0",
+        "eager?go_on=0",
+        "sqlite:///{tmp}/g.db?go_on=0",
+        f"redis://{REDIS_ADDR}/7?go_on=0&prefix=msgoon",
+        f"rq+redis://{REDIS_ADDR}/7?go_on=0&prefix=msgoon",
+        f"dramatiq+redis://{REDIS_ADDR}/7?go_on=0&prefix=msgoon",
+        f"celery+redis://{REDIS_ADDR}/7?go_on=0&prefix=msgoon",
+    ],
+)
+def test_go_on_option_sets_how_far_a_worker_goes_on(url: str, tmp_path: Path) -> None:
+    b = connect(url.format(tmp=tmp_path))
+    try:
+        assert b.runner.go_on_jobs == 0
+    finally:
+        b.close()
+    b = connect(url.format(tmp=tmp_path).replace("go_on=0", "go_on=5"))
+    try:
+        assert b.runner.go_on_jobs == 5
+    finally:
+        b.close()
+
+
+def test_go_on_defaults_to_32_and_refuses_a_negative_count() -> None:
+    b = connect("memory")
+    try:
+        assert b.runner.go_on_jobs == 32
+    finally:
+        b.close()
+    with pytest.raises(ConfigurationError, match=r"go_on=-1 .* must be an integer from 0"):
+        connect("memory?go_on=-1")
 
 
 def test_a_window_below_two_is_refused() -> None:

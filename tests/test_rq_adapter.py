@@ -167,7 +167,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.usefixtures("redis_service")
-@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+@pytest.mark.parametrize("worker_class", ["simple", "fork", "fork&go_on=0"])
 def test_the_backend_is_built_once_per_worker_process(tmp_path: Path, worker_class: str) -> None:
     sys.path.insert(0, str(HERE))
     try:
@@ -190,9 +190,11 @@ def test_the_backend_is_built_once_per_worker_process(tmp_path: Path, worker_cla
         pids = {x["pid"] for x in lines}
         if worker_class == "simple":
             assert pids == {proc.pid}  # run in the worker process itself
-        else:
+        elif worker_class == "fork":
             # a forked work horse per message; a horse goes on from job to job while jobs wait
             assert proc.pid not in pids and 1 <= len(pids) <= 6
+        else:  # go_on=0, from the worker's backend string: one job per ticket, so a horse per job
+            assert proc.pid not in pids and len(pids) == 6
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     finally:

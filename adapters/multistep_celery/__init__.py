@@ -116,4 +116,4 @@ def backend_from_url(url: str = "celery", **options: Any) -> Backend:
     except BaseException:
         queue.close()
         raise
-    return Backend(st, queue, name=f"celery+{kind}")
+    return Backend(st, queue, name=f"celery+{kind}", go_on=opts["go_on"])

@@ -61,7 +61,7 @@ def build_backend(url: str, options: dict[str, Any], *, worker_side: bool) -> Ba
     except BaseException:
         queue.close()
         raise
-    return Backend(st, queue, name=f"dramatiq+{kind}")
+    return Backend(st, queue, name=f"dramatiq+{kind}", go_on=opts["go_on"])
 
 
 def _build_worker_backend(spec: Any) -> Backend:

@@ -53,7 +53,7 @@ def backend_from_url(url: str = "rq", **options: Any) -> Backend:
     except BaseException:
         queue.close()
         raise
-    return Backend(st, queue, name="rq")
+    return Backend(st, queue, name="rq", go_on=opts["go_on"])
 
 
 def backend_from_spec(spec: dict[str, Any]) -> Backend:

@@ -22,8 +22,8 @@ DEFAULT_THREADS = 4
 
 _THREADS = kit.integer(DEFAULT_THREADS, minimum=1, maximum=1024)
 _LEASE = kit.seconds(DEFAULT_LEASE)
-MEMORY_OPTIONS = {"threads": _THREADS, "lease": _LEASE, "window": kit.WINDOW}
-EAGER_OPTIONS = {"lease": _LEASE, "window": kit.WINDOW}
+MEMORY_OPTIONS = {"threads": _THREADS, "lease": _LEASE, "window": kit.WINDOW, "go_on": kit.GO_ON}
+EAGER_OPTIONS = {"lease": _LEASE, "window": kit.WINDOW, "go_on": kit.GO_ON}
 SQLITE_OPTIONS = MEMORY_OPTIONS
 REDIS_OPTIONS = {**MEMORY_OPTIONS, "prefix": kit.text("ms", empty=False, what="a key prefix")}
 #: ``redis+cluster://``: also how many replicas acknowledge each write (``WAIT``), and for how long
@@ -39,20 +39,22 @@ REDIS_CLUSTER_OPTIONS = {
 def memory_backend(url: str = "memory", **options: Any) -> Backend:
     """``memory``: state in memory, jobs on ``threads`` threads of this process."""
     opts = kit.check_options("memory", options, MEMORY_OPTIONS)
-    return Backend(MemoryStore(lease=opts["lease"], window=opts["window"]), ThreadQueue(opts["threads"]), name="memory")
+    return Backend(MemoryStore(lease=opts["lease"], window=opts["window"]), ThreadQueue(opts["threads"]), name="memory",
+                   go_on=opts["go_on"])
 
 
 def eager_backend(url: str = "eager", **options: Any) -> Backend:
     """``eager``: state in memory, every job run inline when added. For unit tests."""
     opts = kit.check_options("eager", options, EAGER_OPTIONS)
-    return Backend(MemoryStore(lease=opts["lease"], window=opts["window"]), EagerQueue(), name="eager", eager=True)
+    return Backend(MemoryStore(lease=opts["lease"], window=opts["window"]), EagerQueue(), name="eager", eager=True,
+                   go_on=opts["go_on"])
 
 
 def sqlite_backend(url: str = "sqlite", **options: Any) -> Backend:
     """``sqlite:///path.db``: durable state in a SQLite file, jobs on threads of this process."""
     opts = kit.check_options("sqlite", options, SQLITE_OPTIONS)
     store = SQLiteStore(sqlite_path(url), lease=opts["lease"], window=opts["window"])
-    return Backend(store, ThreadQueue(opts["threads"]), name="sqlite")
+    return Backend(store, ThreadQueue(opts["threads"]), name="sqlite", go_on=opts["go_on"])
 
 
 def redis_backend(url: str = "redis", **options: Any) -> Backend:
@@ -66,7 +68,7 @@ def redis_backend(url: str = "redis", **options: Any) -> Backend:
     # the Redis store, checked at connect (reachable, database exists, not evicting)
     store = kit.store_from_url(url if "://" in url else DEFAULT_URL, prefix=opts["prefix"], lease=opts["lease"],
                                window=opts["window"])
-    return Backend(store, ThreadQueue(opts["threads"]), name="redis")
+    return Backend(store, ThreadQueue(opts["threads"]), name="redis", go_on=opts["go_on"])
 
 
 def redis_cluster_backend(url: str, **options: Any) -> Backend:
@@ -76,4 +78,4 @@ def redis_cluster_backend(url: str, **options: Any) -> Backend:
     opts = kit.check_options("redis+cluster", options, REDIS_CLUSTER_OPTIONS)
     store = kit.store_from_url(url, prefix=opts["prefix"], lease=opts["lease"], window=opts["window"], wait=opts["wait"],
                                wait_timeout=opts["wait_timeout"], retry_for=opts["retry_for"])
-    return Backend(store, ThreadQueue(opts["threads"]), name="redis+cluster")
+    return Backend(store, ThreadQueue(opts["threads"]), name="redis+cluster", go_on=opts["go_on"])

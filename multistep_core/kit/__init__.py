@@ -49,13 +49,14 @@ A third-party adapter's factory, with the kit::
         store = kit.store_url("mine", kind, broker, opts["store"])
         queue = MyQueue(broker, prefetch=opts["prefetch"])
         st = kit.store_from_url(store, prefix=opts["prefix"], lease=opts["lease"], window=opts["window"])
-        return Backend(st, queue, name=f"mine+{kind}")
+        return Backend(st, queue, name=f"mine+{kind}", go_on=opts["go_on"])
 """
 
 from __future__ import annotations
 
 from .backend_string import (
     DEFAULT_REDIS,
+    GO_ON,
     STORE_OPTIONS,
     WINDOW,
     BrokerURL,
@@ -76,7 +77,7 @@ from .store import store_from_url, store_url
 from .supervise import SUPERVISOR_ENV, GracefulStop, Supervisor, watch_parent
 
 __all__ = [
-    "DEFAULT_REDIS", "PROBE_TIMEOUT", "STORE_OPTIONS", "SUPERVISOR_ENV", "WINDOW",
+    "DEFAULT_REDIS", "GO_ON", "PROBE_TIMEOUT", "STORE_OPTIONS", "SUPERVISOR_ENV", "WINDOW",
     "BrokerURL", "EvictionWarning", "GracefulStop", "Option", "ProcessBackend", "Supervisor",
     "broker_url", "check_options", "choice", "driver_missing", "flag", "integer", "log_level",
     "probe_redis", "reaching", "reason", "redis_errors", "seconds", "store_from_url", "store_url",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
 
 from ..errors import ConfigurationError
-from ..fairshare import DEFAULT_WINDOW
+from ..fairshare import DEFAULT_GO_ON, DEFAULT_WINDOW
 from ..options import redact_url, reject_unknown
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -145,12 +145,17 @@ def log_level(default: str = "INFO") -> Option:
 #: Tickets per queue in the broker, at most (docs/fairness.md): clients and workers of a queue
 #: give the same value.
 WINDOW = integer(DEFAULT_WINDOW, minimum=2, maximum=1_000_000)
-#: The options every adapter takes: where task state lives, its key prefix, the lease, the window.
+#: Jobs a worker goes on to after a ticket's job, without a ticket (0: one job per ticket); a
+#: worker's own setting (docs/fairness.md, "Going on").
+GO_ON = integer(DEFAULT_GO_ON, minimum=0, maximum=100_000)
+#: The options every adapter takes: where task state lives, its key prefix, the lease, the
+#: window, how far a worker goes on.
 STORE_OPTIONS: dict[str, Option] = {
     "store": text(None, empty=False, what="a store URL", example="redis://127.0.0.1:6379/0"),
     "prefix": text("ms", empty=False, what="a key prefix"),
     "lease": seconds(30.0),
     "window": WINDOW,
+    "go_on": GO_ON,
 }
 
 

@@ -6,13 +6,14 @@ from typing import Any
 
 from ..backend import Backend
 from ..embedded.threads import ThreadQueue
-from ..kit import WINDOW, check_options, flag, integer, seconds, text
+from ..kit import GO_ON, WINDOW, check_options, flag, integer, seconds, text
 from .store import DEFAULT_URL, PostgresStore
 
 OPTIONS = {
     "threads": integer(4, minimum=1),
     "lease": seconds(30.0),
     "window": WINDOW,
+    "go_on": GO_ON,
     "prefix": text("ms", empty=False, what="a table prefix"),
     "upgrade": flag(True),
     "retry_for": seconds(60.0, zero=True),
@@ -29,4 +30,4 @@ def postgres_backend(url: str = "postgresql", **options: Any) -> Backend:
         url if "://" in url else DEFAULT_URL, prefix=opts["prefix"], lease=opts["lease"],
         upgrade=opts["upgrade"], retry_for=opts["retry_for"], window=opts["window"],
     )
-    return Backend(store, ThreadQueue(opts["threads"]), name="postgresql")
+    return Backend(store, ThreadQueue(opts["threads"]), name="postgresql", go_on=opts["go_on"])

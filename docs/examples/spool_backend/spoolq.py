@@ -131,7 +131,7 @@ def backend_from_url(url: str = "spoolq", **options: Any) -> Backend:
             "the spoolq backend needs dir= (the spool directory) and store= (e.g. store=sqlite:////var/lib/app/tasks.db)"
         )
     store = kit.store_from_url(opts["store"], prefix=opts["prefix"], lease=opts["lease"], window=opts["window"])
-    return Backend(store, SpoolQueue(opts["dir"], poll=opts["poll"]), name="spoolq")
+    return Backend(store, SpoolQueue(opts["dir"], poll=opts["poll"]), name="spoolq", go_on=opts["go_on"])
 
 
 # -- the in-process variant: a RowStore of dicts, threads of this process -------------------
