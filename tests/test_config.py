@@ -150,20 +150,21 @@ def test_a_relative_sqlite_store_in_a_config_file_is_anchored_too(tmp_path: Path
     assert _anchored("sqlite:///t.db", {}, "$MULTISTEP_BACKEND")[0] == "sqlite:///t.db"
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "memory?window=8",
-        "sqlite:///{tmp}/w.db?window=8",
-        f"redis://{REDIS_ADDR}/7?window=8&prefix=mswindow",
-        f"rq+redis://{REDIS_ADDR}/7?window=8&prefix=mswindow",
-        f"dramatiq+redis://{REDIS_ADDR}/7?window=8&prefix=mswindow",
-        f"celery+redis://{REDIS_ADDR}/7?window=8&prefix=mswindow",
-    ],
-)
+#: A backend string of each kind with ``{opt}`` for a dispatch option (``{tmp}``: a directory).
+DISPATCH_OPTION_URLS = [
+    "memory?{opt}",
+    "sqlite:///{tmp}/o.db?{opt}",
+    f"redis://{REDIS_ADDR}/7?{{opt}}&prefix=msopt",
+    f"rq+redis://{REDIS_ADDR}/7?{{opt}}&prefix=msopt",
+    f"dramatiq+redis://{REDIS_ADDR}/7?{{opt}}&prefix=msopt",
+    f"celery+redis://{REDIS_ADDR}/7?{{opt}}&prefix=msopt",
+]
+
+
+@pytest.mark.parametrize("url", DISPATCH_OPTION_URLS)
 def test_window_option_sets_the_tickets_a_queue_gets(url: str, tmp_path: Path) -> None:
     # Given a backend string with window=8
-    b = connect(url.format(tmp=tmp_path))
+    b = connect(url.format(tmp=tmp_path, opt="window=8"))
     try:
         assert b.store.window == 8
         # When a task of 100 jobs is added (tickets counted at the queue, nothing run: no worker
@@ -180,29 +181,14 @@ def test_window_option_sets_the_tickets_a_queue_gets(url: str, tmp_path: Path) -
         b.close()
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "memory?go_on=0",
-        "eager?go_on=0",
-        "sqlite:///{tmp}/g.db?go_on=0",
-        f"redis://{REDIS_ADDR}/7?go_on=0&prefix=msgoon",
-        f"rq+redis://{REDIS_ADDR}/7?go_on=0&prefix=msgoon",
-        f"dramatiq+redis://{REDIS_ADDR}/7?go_on=0&prefix=msgoon",
-        f"celery+redis://{REDIS_ADDR}/7?go_on=0&prefix=msgoon",
-    ],
-)
+@pytest.mark.parametrize("url", [*DISPATCH_OPTION_URLS, "eager?{opt}"])
 def test_go_on_option_sets_how_far_a_worker_goes_on(url: str, tmp_path: Path) -> None:
-    b = connect(url.format(tmp=tmp_path))
-    try:
-        assert b.runner.go_on_jobs == 0
-    finally:
-        b.close()
-    b = connect(url.format(tmp=tmp_path).replace("go_on=0", "go_on=5"))
-    try:
-        assert b.runner.go_on_jobs == 5
-    finally:
-        b.close()
+    for n in (0, 5):
+        b = connect(url.format(tmp=tmp_path, opt=f"go_on={n}"))
+        try:
+            assert b.runner.go_on_jobs == n
+        finally:
+            b.close()
 
 
 def test_go_on_defaults_to_32_and_refuses_a_negative_count() -> None:
