@@ -44,13 +44,13 @@ local function issue(q, n, out)
   end
 end
 
--- tickets until the broker holds one per waiting job, at most WINDOW (parked ones count),
--- once it holds half the window or less (fairshare.QueueRow.top_up, REFILL_AT)
 -- no more parked tickets are owed than jobs wait (fairshare.QueueRow.owe_at_most_waiting)
 local function owe_at_most_waiting(q)
   if q.parked > q.waiting then q.parked = math.max(q.waiting, 0) end
 end
 
+-- tickets until the broker holds one per waiting job, at most WINDOW (parked ones count),
+-- once it holds half the window or less (fairshare.QueueRow.top_up, REFILL_AT)
 local function top_up(q, out)
   owe_at_most_waiting(q)
   local held = redis.call('ZCARD', q.kt) + q.parked
